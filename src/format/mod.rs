@@ -1,0 +1,24 @@
+//! The on-disk format: pure functions from values to bytes and back, with no I/O.
+//!
+//! `docs/format.md` is the normative description; this module implements it and its
+//! section names are referenced in the comments. Everything here is total: decoding any byte
+//! string returns a value or a reason, never panics, and never allocates from a length it
+//! has not checked against the bytes actually present.
+
+mod checksum;
+mod frame;
+mod records;
+mod segment_header;
+
+pub use frame::{
+    decode_frame, encode_frame, frame_len, FrameError, FrameHeader, RecordFlags, RecordView,
+    FRAME_ALIGN, FRAME_HEADER_LEN, MAX_BODY_LEN, MAX_FRAME_LEN,
+};
+pub use records::{
+    AckBody, DeliverBody, Disposition, PublishBody, PublishHeader, QueueDeclareBody, RecordKind,
+    RollbackBody, SealBody, MAX_ACK_RANGES, MAX_QUEUE_NAME_LEN, PUBLISH_HEADER_LEN,
+};
+pub use segment_header::{
+    parse_segment_file_name, segment_file_name, SegmentHeader, SegmentHeaderError, FORMAT_VERSION,
+    SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
+};

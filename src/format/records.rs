@@ -1,0 +1,401 @@
+//! Record kinds and their bodies (`docs/format.md`, "Record kinds").
+//!
+//! Kinds below 16 belong to the log layer itself; the queue store uses kinds 16 and up.
+//! Every decoder checks the exact body length (or a bounded count) before reading.
+
+use byteorder::{ByteOrder, LittleEndian as LE};
+
+/// The kinds of record this version defines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum RecordKind {
+    /// Log: the last record of a segment that was rolled over.
+    Seal = 1,
+    /// Log: written at a clean close; everything before it was durable.
+    Commit = 2,
+    /// Store: a queue name was declared.
+    QueueDeclare = 16,
+    /// Store: a message was published.
+    Publish = 17,
+    /// Store: messages were acknowledged.
+    Ack = 18,
+    /// Store: a delivered message was rolled back (requeued, dead-lettered or dropped).
+    Rollback = 19,
+    /// Store: a message was handed to a consumer (a buffered hint, see the format spec).
+    Deliver = 20,
+}
+
+impl RecordKind {
+    /// The kind with this code, if defined.
+    #[must_use]
+    pub fn from_u8(code: u8) -> Option<RecordKind> {
+        Some(match code {
+            1 => RecordKind::Seal,
+            2 => RecordKind::Commit,
+            16 => RecordKind::QueueDeclare,
+            17 => RecordKind::Publish,
+            18 => RecordKind::Ack,
+            19 => RecordKind::Rollback,
+            20 => RecordKind::Deliver,
+            _ => return None,
+        })
+    }
+
+    /// The kind's code on disk.
+    #[must_use]
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+fn exact<const N: usize>(body: &[u8]) -> Result<&[u8; N], &'static str> {
+    body.try_into()
+        .map_err(|_| "body length does not match its kind")
+}
+
+/// Body of a [`RecordKind::Seal`] record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealBody {
+    /// The id of the segment created after this one.
+    pub next_segment_id: u64,
+}
+
+impl SealBody {
+    /// Encoded size.
+    pub const LEN: usize = 8;
+
+    /// Encodes the body.
+    #[must_use]
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        self.next_segment_id.to_le_bytes()
+    }
+
+    /// Decodes the body.
+    pub fn decode(body: &[u8]) -> Result<SealBody, &'static str> {
+        let b = exact::<{ Self::LEN }>(body)?;
+        Ok(SealBody {
+            next_segment_id: u64::from_le_bytes(*b),
+        })
+    }
+}
+
+/// Longest queue name, in bytes of UTF-8.
+pub const MAX_QUEUE_NAME_LEN: usize = 255;
+
+/// Body of a [`RecordKind::QueueDeclare`] record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDeclareBody {
+    /// The store-local queue number that publish records refer to.
+    pub queue_id: u32,
+    /// The queue's name: 1 to [`MAX_QUEUE_NAME_LEN`] bytes of UTF-8.
+    pub name: String,
+}
+
+impl QueueDeclareBody {
+    const FIXED: usize = 8;
+
+    /// Encodes the body. The caller has validated the name's length.
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::FIXED + self.name.len());
+        out.extend_from_slice(&self.queue_id.to_le_bytes());
+        out.extend_from_slice(&(self.name.len() as u16).to_le_bytes());
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(self.name.as_bytes());
+        out
+    }
+
+    /// Decodes the body.
+    pub fn decode(body: &[u8]) -> Result<QueueDeclareBody, &'static str> {
+        let fixed = body
+            .get(..Self::FIXED)
+            .ok_or("queue declaration too short")?;
+        let name_len = usize::from(LE::read_u16(&fixed[4..6]));
+        if fixed[6..8] != [0, 0] {
+            return Err("non-zero reserved bytes in queue declaration");
+        }
+        if name_len == 0 || name_len > MAX_QUEUE_NAME_LEN || body.len() != Self::FIXED + name_len {
+            return Err("bad queue name length");
+        }
+        let name = std::str::from_utf8(body.get(Self::FIXED..).unwrap_or_default())
+            .map_err(|_| "queue name is not UTF-8")?;
+        Ok(QueueDeclareBody {
+            queue_id: LE::read_u32(&fixed[0..4]),
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// Size of the fixed part of a publish body; the payload follows it.
+pub const PUBLISH_HEADER_LEN: usize = 32;
+
+/// The fixed fields of a [`RecordKind::Publish`] record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishHeader {
+    /// The message id.
+    pub id: u64,
+    /// The queue (from its declaration record).
+    pub queue_id: u32,
+    /// When it was published, milliseconds since the Unix epoch.
+    pub published_ms: u64,
+    /// When it expires, milliseconds since the Unix epoch; 0 for never.
+    pub expires_ms: u64,
+}
+
+/// A decoded [`RecordKind::Publish`] body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishBody<'a> {
+    /// The fixed fields.
+    pub header: PublishHeader,
+    /// The payload, borrowed from the record.
+    pub payload: &'a [u8],
+}
+
+impl PublishHeader {
+    /// Encodes the fixed fields; the payload follows them in the record body.
+    #[must_use]
+    pub fn encode(&self) -> [u8; PUBLISH_HEADER_LEN] {
+        let mut b = [0u8; PUBLISH_HEADER_LEN];
+        LE::write_u64(&mut b[0..8], self.id);
+        LE::write_u32(&mut b[8..12], self.queue_id);
+        // b[12..16]: message flags, none defined in this version.
+        LE::write_u64(&mut b[16..24], self.published_ms);
+        LE::write_u64(&mut b[24..32], self.expires_ms);
+        b
+    }
+}
+
+impl<'a> PublishBody<'a> {
+    /// Decodes the body.
+    pub fn decode(body: &'a [u8]) -> Result<PublishBody<'a>, &'static str> {
+        let fixed = body
+            .get(..PUBLISH_HEADER_LEN)
+            .ok_or("publish record too short")?;
+        if LE::read_u32(&fixed[12..16]) != 0 {
+            return Err("unknown message flags");
+        }
+        Ok(PublishBody {
+            header: PublishHeader {
+                id: LE::read_u64(&fixed[0..8]),
+                queue_id: LE::read_u32(&fixed[8..12]),
+                published_ms: LE::read_u64(&fixed[16..24]),
+                expires_ms: LE::read_u64(&fixed[24..32]),
+            },
+            payload: body.get(PUBLISH_HEADER_LEN..).unwrap_or_default(),
+        })
+    }
+}
+
+/// Most id ranges one ack record may hold.
+pub const MAX_ACK_RANGES: usize = 4096;
+
+/// Body of a [`RecordKind::Ack`] record: inclusive ranges of acknowledged message ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckBody {
+    /// `(first, last)` pairs, each with `first <= last`.
+    pub ranges: Vec<(u64, u64)>,
+}
+
+impl AckBody {
+    const FIXED: usize = 8;
+    const RANGE: usize = 16;
+
+    /// Encodes the body. The caller keeps `ranges.len() <= MAX_ACK_RANGES`.
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::FIXED + Self::RANGE * self.ranges.len());
+        out.extend_from_slice(&(self.ranges.len() as u32).to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        for &(first, last) in &self.ranges {
+            out.extend_from_slice(&first.to_le_bytes());
+            out.extend_from_slice(&last.to_le_bytes());
+        }
+        out
+    }
+
+    /// Decodes the body; the range count is checked against [`MAX_ACK_RANGES`] and the body
+    /// length before anything is allocated.
+    pub fn decode(body: &[u8]) -> Result<AckBody, &'static str> {
+        let fixed = body.get(..Self::FIXED).ok_or("ack record too short")?;
+        let count = LE::read_u32(&fixed[0..4]) as usize;
+        if fixed[4..8] != [0; 4] {
+            return Err("non-zero reserved bytes in ack record");
+        }
+        if count == 0 || count > MAX_ACK_RANGES || body.len() != Self::FIXED + count * Self::RANGE {
+            return Err("bad ack range count");
+        }
+        let ranges: Vec<(u64, u64)> = body
+            .get(Self::FIXED..)
+            .unwrap_or_default()
+            .chunks_exact(Self::RANGE)
+            .map(|c| (LE::read_u64(&c[0..8]), LE::read_u64(&c[8..16])))
+            .collect();
+        if ranges.iter().any(|&(first, last)| first > last) {
+            return Err("ack range with first > last");
+        }
+        Ok(AckBody { ranges })
+    }
+}
+
+/// What a rollback did with the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Disposition {
+    /// Put back in its queue, ahead of never-delivered messages.
+    Requeue = 1,
+    /// Moved to the queue's dead-letter queue.
+    DeadLetter = 2,
+    /// Dropped (rejected without requeue and without a dead-letter queue).
+    Drop = 3,
+}
+
+/// Body of a [`RecordKind::Rollback`] record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RollbackBody {
+    /// The message rolled back.
+    pub id: u64,
+    /// How many times it has been delivered so far.
+    pub delivery_count: u32,
+    /// What happened to it.
+    pub disposition: Disposition,
+    /// Not to be delivered again before this time (ms since the epoch); 0 for no delay.
+    pub not_before_ms: u64,
+}
+
+impl RollbackBody {
+    /// Encoded size.
+    pub const LEN: usize = 24;
+
+    /// Encodes the body.
+    #[must_use]
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        LE::write_u64(&mut b[0..8], self.id);
+        LE::write_u32(&mut b[8..12], self.delivery_count);
+        b[12] = self.disposition as u8;
+        LE::write_u64(&mut b[16..24], self.not_before_ms);
+        b
+    }
+
+    /// Decodes the body.
+    pub fn decode(body: &[u8]) -> Result<RollbackBody, &'static str> {
+        let b = exact::<{ Self::LEN }>(body)?;
+        let disposition = match b[12] {
+            1 => Disposition::Requeue,
+            2 => Disposition::DeadLetter,
+            3 => Disposition::Drop,
+            _ => return Err("unknown rollback disposition"),
+        };
+        if b[13..16] != [0; 3] {
+            return Err("non-zero reserved bytes in rollback record");
+        }
+        Ok(RollbackBody {
+            id: LE::read_u64(&b[0..8]),
+            delivery_count: LE::read_u32(&b[8..12]),
+            disposition,
+            not_before_ms: LE::read_u64(&b[16..24]),
+        })
+    }
+}
+
+/// Body of a [`RecordKind::Deliver`] record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliverBody {
+    /// The message delivered.
+    pub id: u64,
+    /// Its delivery count including this delivery.
+    pub delivery_count: u32,
+}
+
+impl DeliverBody {
+    /// Encoded size.
+    pub const LEN: usize = 16;
+
+    /// Encodes the body.
+    #[must_use]
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        LE::write_u64(&mut b[0..8], self.id);
+        LE::write_u32(&mut b[8..12], self.delivery_count);
+        b
+    }
+
+    /// Decodes the body.
+    pub fn decode(body: &[u8]) -> Result<DeliverBody, &'static str> {
+        let b = exact::<{ Self::LEN }>(body)?;
+        if b[12..16] != [0; 4] {
+            return Err("non-zero reserved bytes in deliver record");
+        }
+        Ok(DeliverBody {
+            id: LE::read_u64(&b[0..8]),
+            delivery_count: LE::read_u32(&b[8..12]),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_round_trip() {
+        let d = QueueDeclareBody {
+            queue_id: 3,
+            name: "jobs".into(),
+        };
+        assert_eq!(QueueDeclareBody::decode(&d.encode()), Ok(d));
+        let a = AckBody {
+            ranges: vec![(1, 1), (5, 9)],
+        };
+        assert_eq!(AckBody::decode(&a.encode()), Ok(a));
+        let r = RollbackBody {
+            id: 9,
+            delivery_count: 2,
+            disposition: Disposition::Requeue,
+            not_before_ms: 77,
+        };
+        assert_eq!(RollbackBody::decode(&r.encode()), Ok(r));
+        let v = DeliverBody {
+            id: 4,
+            delivery_count: 1,
+        };
+        assert_eq!(DeliverBody::decode(&v.encode()), Ok(v));
+        let s = SealBody { next_segment_id: 8 };
+        assert_eq!(SealBody::decode(&s.encode()), Ok(s));
+        let h = PublishHeader {
+            id: 1,
+            queue_id: 2,
+            published_ms: 3,
+            expires_ms: 4,
+        };
+        let mut p = h.encode().to_vec();
+        p.extend_from_slice(b"payload");
+        assert_eq!(
+            PublishBody::decode(&p),
+            Ok(PublishBody {
+                header: h,
+                payload: b"payload"
+            })
+        );
+    }
+
+    #[test]
+    fn ack_count_is_bounded_before_allocation() {
+        let mut body = vec![0u8; 8];
+        body[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(AckBody::decode(&body).is_err());
+        let a = AckBody {
+            ranges: vec![(7, 3)],
+        };
+        assert!(AckBody::decode(&a.encode()).is_err());
+    }
+
+    #[test]
+    fn kinds_round_trip() {
+        for code in 0..=255u8 {
+            if let Some(kind) = RecordKind::from_u8(code) {
+                assert_eq!(kind.code(), code);
+            }
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! The segmented, append-only log, with no queue semantics.
+//!
+//! A log is a directory of segment files (`docs/format.md`). Records are appended in groups:
+//! a group is written contiguously into one segment and is atomic across crashes (recovery
+//! applies all of its records or none). Each append returns the [`Position`] of every
+//! record, which [`Log::read`] accepts later. The log rolls over to a new segment when the
+//! next group would not fit, and can be cut back ([`Log::truncate_from`]) or trimmed at the
+//! front ([`Log::purge_before`]), which is what a Raft log store needs as well.
+//!
+//! Durability follows the [`FsyncPolicy`](crate::FsyncPolicy); the group-commit protocol
+//! is in `writer.rs`, the recovery scan in `recovery.rs`.
+
+mod flusher;
+mod recovery;
+mod segment;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
+use std::thread::JoinHandle;
+
+pub use recovery::{RecoveredRecord, RecoveryReport, Truncation};
+
+use crate::error::{Error, Result};
+use crate::format::{decode_frame, FrameHeader, RecordFlags, FRAME_HEADER_LEN, MAX_BODY_LEN};
+use crate::ids::{Position, SegmentId};
+use crate::io::{read_exact_at, Vfs};
+use crate::options::{FsyncPolicy, LogOptions};
+use segment::Segment;
+use writer::WriterState;
+
+/// Name of the lock file in a log directory.
+pub(crate) const LOCK_FILE: &str = "LOCK";
+
+/// A record to append: its kind and its body, given as parts that are concatenated.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    /// The record kind; 1 to 15 are reserved for the log itself.
+    pub kind: u8,
+    /// The body, in parts.
+    pub body: &'a [&'a [u8]],
+}
+
+impl Record<'_> {
+    fn body_len(&self) -> usize {
+        self.body.iter().map(|p| p.len()).sum()
+    }
+}
+
+/// A record read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadRecord {
+    /// The record kind.
+    pub kind: u8,
+    /// The record body.
+    pub body: Vec<u8>,
+    /// Where the next record starts.
+    pub next: Position,
+}
+
+/// What [`Log::append`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The position of each record, in order.
+    pub positions: Vec<Position>,
+    /// The position just past the group; the group is durable once the log is durable up to
+    /// here.
+    pub end: Position,
+}
+
+/// The segmented write-ahead log. Thread-safe: share it behind an `Arc`.
+#[derive(Debug)]
+pub struct Log {
+    shared: Arc<Shared>,
+    flusher: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    vfs: Arc<dyn Vfs>,
+    dir: PathBuf,
+    opts: LogOptions,
+    writer: Mutex<WriterState>,
+    /// Signalled whenever the durable position advances or the log is poisoned.
+    synced: Condvar,
+    /// Wakes the background flusher.
+    flusher_wake: Condvar,
+    /// Every live segment, for readers.
+    segments: RwLock<BTreeMap<SegmentId, Arc<Segment>>>,
+    /// Held for the log's lifetime: the directory lock.
+    _lock: Box<dyn crate::io::LockGuard>,
+}
+
+/// A snapshot of one segment, for statistics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// The segment's id.
+    pub id: SegmentId,
+    /// Its file.
+    pub path: PathBuf,
+    /// End of its records.
+    pub data_end: u64,
+    /// Its file length (preallocated space included).
+    pub file_len: u64,
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`, replaying every valid record through `visit` in
+    /// log order, and returns the log and a report of what recovery did.
+    ///
+    /// Takes an exclusive lock on `dir/LOCK` first; fails with [`Error::Locked`] if another
+    /// log or store has the directory open. Before returning, the last segment and the
+    /// directory are synced, so every record `visit` saw is durable: nothing served after a
+    /// reopen can vanish in a later power loss.
+    ///
+    /// Records of an atomic group are visited only once the whole group is known to be
+    /// valid. An error returned by `visit` aborts the open and is returned as is.
+    ///
+    /// Cost: one sequential read of every segment (memory-mapped on a real disk).
+    pub fn open(
+        vfs: Arc<dyn Vfs>,
+        dir: &Path,
+        opts: LogOptions,
+        visit: &mut dyn FnMut(RecoveredRecord<'_>) -> Result<()>,
+    ) -> Result<(Log, RecoveryReport)> {
+        opts.validate()?;
+        vfs.create_dir_all(dir)
+            .map_err(|e| Error::io("create directory", dir, e))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = vfs
+            .try_lock(&lock_path)
+            .map_err(|e| Error::io("lock directory", &lock_path, e))?
+            .ok_or_else(|| Error::Locked {
+                dir: dir.to_path_buf(),
+            })?;
+        let recovered = recovery::recover(vfs.as_ref(), dir, &opts, visit)?;
+        let shared = Arc::new(Shared {
+            vfs,
+            dir: dir.to_path_buf(),
+            writer: Mutex::new(WriterState::new(Arc::clone(&recovered.active))),
+            opts,
+            synced: Condvar::new(),
+            flusher_wake: Condvar::new(),
+            segments: RwLock::new(recovered.segments),
+            _lock: lock,
+        });
+        let flusher = match shared.opts.fsync {
+            FsyncPolicy::Batch { .. } | FsyncPolicy::Interval(_) => {
+                Some(flusher::spawn(Arc::clone(&shared))?)
+            }
+            FsyncPolicy::Always | FsyncPolicy::Never => None,
+        };
+        Ok((Log { shared, flusher }, recovered.report))
+    }
+
+    /// The directory of the log.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// The options the log was opened with.
+    #[must_use]
+    pub fn options(&self) -> &LogOptions {
+        &self.shared.opts
+    }
+
+    /// The largest record body this log accepts.
+    #[must_use]
+    pub fn max_body_len(&self) -> u64 {
+        self.shared.opts.max_body_len()
+    }
+
+    /// Appends `records` as one atomic group and waits as the fsync policy says: under
+    /// [`FsyncPolicy::Always`] until the group is durable, otherwise only until it is
+    /// written to the operating system.
+    ///
+    /// Fails without writing anything if a record is larger than [`Log::max_body_len`] or
+    /// the group does not fit in one segment. An I/O failure poisons the log: this and every
+    /// later append fails with [`Error::Poisoned`] until it is reopened.
+    pub fn append(&self, records: &[Record<'_>]) -> Result<Appended> {
+        let appended = self.write(records)?;
+        self.commit(&appended)?;
+        Ok(appended)
+    }
+
+    /// Writes `records` as one atomic group (the first half of [`Log::append`]) without
+    /// waiting for durability. Pair it with [`Log::commit`].
+    ///
+    /// Splitting the two lets a caller assign sequence numbers under its own lock while the
+    /// group is written, then wait for the fsync outside that lock so that other callers can
+    /// join the same group commit.
+    pub fn write(&self, records: &[Record<'_>]) -> Result<Appended> {
+        self.shared.write(records)
+    }
+
+    /// Waits until `appended` is as durable as the fsync policy promises: durable under
+    /// [`FsyncPolicy::Always`]; under the other policies it returns at once (the background
+    /// flusher or an explicit [`Log::sync`] makes it durable later).
+    pub fn commit(&self, appended: &Appended) -> Result<()> {
+        match self.shared.opts.fsync {
+            FsyncPolicy::Always => self.shared.wait_durable(appended.end),
+            FsyncPolicy::Batch { .. } | FsyncPolicy::Interval(_) | FsyncPolicy::Never => Ok(()),
+        }
+    }
+
+    /// Makes everything written so far durable, whatever the policy. Shares the `fdatasync`
+    /// with concurrent callers.
+    pub fn sync(&self) -> Result<()> {
+        let end = self.shared.lock_writer().end();
+        self.shared.wait_durable(end)
+    }
+
+    /// The position up to which the log is known durable.
+    #[must_use]
+    pub fn durable_position(&self) -> Position {
+        self.shared.lock_writer().durable
+    }
+
+    /// The position where the next record will be written (if it fits in the segment).
+    #[must_use]
+    pub fn end_position(&self) -> Position {
+        self.shared.lock_writer().end()
+    }
+
+    /// Reads the record at `pos`, verifying its checksum.
+    ///
+    /// Cost: one or two positioned reads; the body is the only allocation.
+    pub fn read(&self, pos: Position) -> Result<ReadRecord> {
+        let segment = self.shared.segment(pos.segment).ok_or_else(|| {
+            Error::corruption(
+                pos.segment,
+                pos.offset,
+                "read of a segment that does not exist",
+            )
+        })?;
+        let end = segment.data_end();
+        if pos.offset >= end {
+            return Err(Error::corruption(
+                pos.segment,
+                pos.offset,
+                "read past the end of the log",
+            ));
+        }
+        let io_err = |e| Error::io("read", &segment.path, e);
+        let mut head = [0u8; FRAME_HEADER_LEN];
+        read_exact_at(segment.file.as_ref(), &mut head, pos.offset).map_err(io_err)?;
+        let body_len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as u64;
+        let frame_end = pos.offset
+            + crate::format::frame_len(body_len.min(MAX_BODY_LEN as u64) as usize) as u64;
+        if body_len > MAX_BODY_LEN as u64 || frame_end > end {
+            return Err(Error::corruption(
+                pos.segment,
+                pos.offset,
+                "record length out of bounds",
+            ));
+        }
+        let mut frame = vec![0u8; (frame_end - pos.offset) as usize];
+        read_exact_at(segment.file.as_ref(), &mut frame, pos.offset).map_err(io_err)?;
+        let view = decode_frame(&frame, segment.salt, segment.id.0, pos.offset)
+            .map_err(|e| Error::corruption(pos.segment, pos.offset, e.to_string()))?;
+        let kind = view.header.kind;
+        let next = Position {
+            segment: pos.segment,
+            offset: view.next_offset,
+        };
+        let body_start = FRAME_HEADER_LEN;
+        let body_end = body_start + view.body.len();
+        frame.truncate(body_end);
+        frame.drain(..body_start);
+        Ok(ReadRecord {
+            kind,
+            body: frame,
+            next,
+        })
+    }
+
+    /// Removes every record at or after `pos`, which must be the position of a record or the
+    /// current end. Later segments are deleted (newest first) and `pos`'s segment is cut
+    /// back; everything is durable when this returns. The next append goes to `pos`.
+    pub fn truncate_from(&self, pos: Position) -> Result<()> {
+        self.shared.truncate_from(pos)
+    }
+
+    /// Deletes every segment whose id is below `segment` (never the active one), oldest
+    /// first, then syncs the directory. Their positions become unreadable.
+    pub fn purge_before(&self, segment: SegmentId) -> Result<usize> {
+        self.shared.purge_before(segment)
+    }
+
+    /// Information on every live segment, oldest first.
+    #[must_use]
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        let segments = self
+            .shared
+            .segments
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        segments
+            .values()
+            .map(|s| SegmentInfo {
+                id: s.id,
+                path: s.path.clone(),
+                data_end: s.data_end(),
+                file_len: s.file.len().unwrap_or(0),
+            })
+            .collect()
+    }
+
+    /// Closes the log cleanly: writes a commit marker, syncs, and refuses later appends with
+    /// [`Error::Closed`]. The marker lets the next recovery treat every earlier byte of the
+    /// last segment as durable, so corruption in it is reported instead of truncated.
+    pub fn close(&self) -> Result<()> {
+        self.shared.close()
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        self.shared.lock_writer().shutdown = true;
+        self.shared.flusher_wake.notify_all();
+        if let Some(handle) = self.flusher.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Shared {
+    fn lock_writer(&self) -> MutexGuard<'_, WriterState> {
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn segment(&self, id: SegmentId) -> Option<Arc<Segment>> {
+        let segments = self.segments.read().unwrap_or_else(PoisonError::into_inner);
+        segments.get(&id).cloned()
+    }
+}
+
+/// The header fields of a frame written by the log.
+fn frame_header(kind: u8, continues: bool, mark: u32) -> FrameHeader {
+    let flags = if continues {
+        RecordFlags::CONTINUES
+    } else {
+        RecordFlags::NONE
+    };
+    FrameHeader { kind, flags, mark }
+}

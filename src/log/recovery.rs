@@ -1,0 +1,449 @@
+//! The recovery scan (`docs/format.md`, "Finding the end of the log").
+//!
+//! Segments are scanned in id order. Each one must start with a valid header. A segment
+//! that has a successor must end with a seal record; anything invalid before its seal is
+//! corruption. In the last segment, the first invalid frame at offset `X` ends the log, and
+//! what comes after decides whether that is a torn tail or corruption:
+//!
+//! - if some valid frame after `X` carries a durable mark greater than `X`, the writer knew
+//!   the bytes at `X` were durable when it wrote that frame, so they were damaged after the
+//!   fact: **corruption**, reported with segment and offset;
+//! - otherwise nothing after `X` was ever confirmed durable, so the bad bytes are the torn
+//!   or reordered remains of unsynced writes: a **torn tail**, cut off at `X` (or at the
+//!   start of the atomic group `X` interrupts).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use super::segment::{Segment, TEMP_SUFFIX};
+use super::LOCK_FILE;
+use crate::error::{Error, Result};
+use crate::format::{
+    decode_frame, parse_segment_file_name, RecordKind, SealBody, SegmentHeader, SegmentHeaderError,
+    FORMAT_VERSION, FRAME_ALIGN, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
+};
+use crate::ids::{Position, SegmentId};
+use crate::io::{Vfs, VfsFile};
+use crate::options::{LogOptions, RecoveryMode, MAX_SEGMENT_SIZE};
+
+/// Suffix given to segments set aside by [`RecoveryMode::Salvage`].
+pub(crate) const QUARANTINE_SUFFIX: &str = ".quarantine";
+
+/// A valid record found by recovery, handed to the visitor of [`Log::open`](super::Log::open).
+#[derive(Debug, Clone, Copy)]
+pub struct RecoveredRecord<'a> {
+    /// Where the record is.
+    pub position: Position,
+    /// Its kind (16 and up; the log's own records are not visited).
+    pub kind: u8,
+    /// Its body.
+    pub body: &'a [u8],
+}
+
+/// Where and why recovery cut the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Truncation {
+    /// The segment that was cut.
+    pub segment: SegmentId,
+    /// The offset it was cut at: everything from here on was discarded.
+    pub offset: u64,
+    /// What was wrong at that point.
+    pub reason: String,
+    /// How many checksum-valid frames lay after the cut (written, never confirmed durable,
+    /// or, under [`RecoveryMode::Salvage`], lost to the corruption).
+    pub discarded_frames: usize,
+}
+
+/// What recovery found and did, returned by [`Log::open`](super::Log::open) and
+/// [`Store::recovery_report`](crate::Store::recovery_report).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segments scanned.
+    pub segments: usize,
+    /// Records replayed (the log's own seal and commit records not counted).
+    pub records: u64,
+    /// Bytes of valid records scanned.
+    pub bytes: u64,
+    /// Set if the tail of the log was cut (a torn tail, or corruption under salvage).
+    pub truncated: Option<Truncation>,
+    /// Segments renamed to `*.wal.quarantine` by [`RecoveryMode::Salvage`].
+    pub quarantined: Vec<PathBuf>,
+    /// Leftover temporary files of an interrupted segment creation, deleted.
+    pub removed_temp_files: Vec<PathBuf>,
+}
+
+pub(super) struct Recovered {
+    pub(super) segments: BTreeMap<SegmentId, Arc<Segment>>,
+    pub(super) active: Arc<Segment>,
+    pub(super) report: RecoveryReport,
+}
+
+/// How the scan of one segment ended.
+enum ScanEnd {
+    /// A seal record ends the segment at this offset.
+    Sealed(u64),
+    /// The segment stays open for appends at `cut`; unless `clean`, bytes after it must be
+    /// discarded (the report says why).
+    Open { cut: u64, clean: bool },
+}
+
+pub(super) fn recover(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    opts: &LogOptions,
+    visit: &mut dyn FnMut(RecoveredRecord<'_>) -> Result<()>,
+) -> Result<Recovered> {
+    let mut report = RecoveryReport::default();
+    let ids = list_segments(vfs, dir, &mut report)?;
+    let mut segments = BTreeMap::new();
+    let mut last_sealed = true;
+    let mut next_id = SegmentId(0);
+    for (i, &id) in ids.iter().enumerate() {
+        let is_last = i + 1 == ids.len();
+        let path = dir.join(crate::format::segment_file_name(id.0));
+        let file = vfs
+            .open(&path, true)
+            .map_err(|e| Error::io("open segment", &path, e))?;
+        next_id = SegmentId(id.0 + 1);
+        let (header, end) = {
+            let len = file
+                .len()
+                .map_err(|e| Error::io("stat segment", &path, e))?;
+            if len > MAX_SEGMENT_SIZE {
+                return Err(Error::corruption(
+                    id,
+                    0,
+                    format!("segment file of {len} bytes exceeds the 1 GiB limit"),
+                ));
+            }
+            let view = file
+                .view(len)
+                .map_err(|e| Error::io("map segment", &path, e))?;
+            let header = decode_header(&view, id, &path)?;
+            report.segments += 1;
+            let end = scan(
+                &view,
+                id,
+                &header,
+                is_last,
+                opts.recovery,
+                &mut report,
+                visit,
+            )?;
+            (header, end)
+        };
+        let segment = |data_end| {
+            Arc::new(Segment {
+                id,
+                salt: header.salt,
+                path: path.clone(),
+                file: Arc::clone(&file),
+                data_end: AtomicU64::new(data_end),
+            })
+        };
+        match end {
+            ScanEnd::Sealed(end) => {
+                segments.insert(id, segment(end));
+                last_sealed = true;
+            }
+            ScanEnd::Open { cut, clean } => {
+                if !clean {
+                    cut_file(file.as_ref(), &path, cut, opts)?;
+                }
+                segments.insert(id, segment(cut));
+                last_sealed = false;
+                if !is_last {
+                    // Only salvage continues past a damaged or unsealed segment that has
+                    // successors: set them aside and make this one the last.
+                    for &later in ids.get(i + 1..).unwrap_or_default() {
+                        report.quarantined.push(quarantine(vfs, dir, later)?);
+                        next_id = SegmentId(later.0 + 1);
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    let active = if last_sealed {
+        let created = Segment::create(vfs, dir, next_id, opts.segment_size, opts.preallocate)?;
+        let created = Arc::new(created);
+        segments.insert(created.id, Arc::clone(&created));
+        created
+    } else {
+        let active = segments.values().next_back().cloned().ok_or_else(|| {
+            Error::corruption(next_id, 0, "recovery ended without an active segment")
+        })?;
+        if opts.preallocate {
+            active
+                .file
+                .preallocate(opts.segment_size)
+                .map_err(|e| Error::io("preallocate segment", &active.path, e))?;
+        }
+        // Records recovered from the page cache after a process crash may not be durable
+        // yet; make them so before anything is served from them.
+        active
+            .file
+            .sync_data()
+            .map_err(|e| Error::io("fdatasync", &active.path, e))?;
+        active
+    };
+    vfs.sync_dir(dir)
+        .map_err(|e| Error::io("fsync directory", dir, e))?;
+    Ok(Recovered {
+        segments,
+        active,
+        report,
+    })
+}
+
+/// Lists the segment ids in `dir`, deletes leftover temporary files and refuses foreign ones.
+fn list_segments(vfs: &dyn Vfs, dir: &Path, report: &mut RecoveryReport) -> Result<Vec<SegmentId>> {
+    let names = vfs
+        .list(dir)
+        .map_err(|e| Error::io("list directory", dir, e))?;
+    let mut ids = Vec::new();
+    for name in names {
+        if name == LOCK_FILE || name.ends_with(QUARANTINE_SUFFIX) {
+            continue;
+        }
+        if let Some(id) = parse_segment_file_name(&name) {
+            ids.push(SegmentId(id));
+        } else if name
+            .strip_suffix(TEMP_SUFFIX)
+            .and_then(parse_segment_file_name)
+            .is_some()
+        {
+            let path = dir.join(&name);
+            vfs.remove(&path)
+                .map_err(|e| Error::io("remove temporary segment", &path, e))?;
+            report.removed_temp_files.push(path);
+        } else {
+            return Err(Error::ForeignFile {
+                path: dir.join(name),
+            });
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+fn decode_header(view: &[u8], id: SegmentId, path: &Path) -> Result<SegmentHeader> {
+    let header = SegmentHeader::decode(view).map_err(|e| match e {
+        SegmentHeaderError::UnsupportedVersion(found) => Error::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found,
+            supported: FORMAT_VERSION,
+        },
+        other => Error::corruption(id, 0, format!("bad segment header: {other:?}")),
+    })?;
+    if header.segment_id != id.0 {
+        return Err(Error::corruption(
+            id,
+            0,
+            format!(
+                "header names segment {} but the file name says {id}",
+                header.segment_id
+            ),
+        ));
+    }
+    Ok(header)
+}
+
+/// Scans one segment, visiting complete groups, and decides how it ends.
+fn scan(
+    view: &[u8],
+    id: SegmentId,
+    header: &SegmentHeader,
+    is_last: bool,
+    mode: RecoveryMode,
+    report: &mut RecoveryReport,
+    visit: &mut dyn FnMut(RecoveredRecord<'_>) -> Result<()>,
+) -> Result<ScanEnd> {
+    let mut offset = SEGMENT_HEADER_LEN as u64;
+    let mut group: Vec<RecoveredRecord<'_>> = Vec::new();
+    let mut group_start = offset;
+    let bad = loop {
+        let rest = view.get(offset as usize..).unwrap_or_default();
+        let frame = match decode_frame(rest, header.salt, id.0, offset) {
+            Ok(frame) => frame,
+            Err(e) => break e,
+        };
+        if u64::from(frame.header.mark) > offset {
+            return Err(Error::corruption(
+                id,
+                offset,
+                "durable mark points past its own record",
+            ));
+        }
+        let position = Position {
+            segment: id,
+            offset,
+        };
+        let kind = frame.header.kind;
+        match RecordKind::from_u8(kind) {
+            Some(RecordKind::Seal) => {
+                if !group.is_empty() {
+                    return Err(Error::corruption(
+                        id,
+                        offset,
+                        "seal record inside an atomic group",
+                    ));
+                }
+                SealBody::decode(frame.body).map_err(|e| Error::corruption(id, offset, e))?;
+                return Ok(ScanEnd::Sealed(frame.next_offset));
+            }
+            Some(RecordKind::Commit) => {
+                if !group.is_empty() {
+                    return Err(Error::corruption(
+                        id,
+                        offset,
+                        "commit record inside an atomic group",
+                    ));
+                }
+            }
+            _ if kind < 16 => {
+                return Err(Error::corruption(
+                    id,
+                    offset,
+                    format!("unknown log record kind {kind}"),
+                ));
+            }
+            _ => {
+                if group.is_empty() {
+                    group_start = offset;
+                }
+                group.push(RecoveredRecord {
+                    position,
+                    kind,
+                    body: frame.body,
+                });
+                if !frame.header.flags.continues() {
+                    for record in group.drain(..) {
+                        report.records += 1;
+                        visit(record)?;
+                    }
+                }
+            }
+        }
+        report.bytes += frame.next_offset - offset;
+        offset = frame.next_offset;
+    };
+
+    let cut = if group.is_empty() {
+        offset
+    } else {
+        group_start
+    };
+    let after = forward_scan(view, header, id, offset);
+    let tail_is_zero = view
+        .get(offset as usize..)
+        .unwrap_or_default()
+        .iter()
+        .all(|&b| b == 0);
+    if group.is_empty() && after.frames == 0 && tail_is_zero {
+        // The ordinary end of an open segment: zeros (preallocated space) or end of file.
+        if is_last || mode == RecoveryMode::Salvage {
+            return Ok(ScanEnd::Open { cut, clean: true });
+        }
+        return Err(Error::corruption(
+            id,
+            offset,
+            "segment ends without a seal record, but a later segment exists",
+        ));
+    }
+    let reason = if group.is_empty() {
+        bad.to_string()
+    } else {
+        format!("atomic group cut short ({bad})")
+    };
+    let proven_durable = after.max_mark > cut;
+    if !is_last || proven_durable || mode == RecoveryMode::Strict {
+        let why = if !is_last {
+            format!("{reason}, in a sealed part of the log")
+        } else if proven_durable {
+            format!("{reason}, followed by records written after this point was durable")
+        } else {
+            format!("{reason} (torn tail; strict recovery mode)")
+        };
+        if mode != RecoveryMode::Salvage {
+            return Err(Error::corruption(id, cut, why));
+        }
+        report.truncated = Some(Truncation {
+            segment: id,
+            offset: cut,
+            reason: why,
+            discarded_frames: after.frames,
+        });
+        return Ok(ScanEnd::Open { cut, clean: false });
+    }
+    let reason = format!("torn tail: {reason}");
+    report.truncated = Some(Truncation {
+        segment: id,
+        offset: cut,
+        reason,
+        discarded_frames: after.frames,
+    });
+    Ok(ScanEnd::Open { cut, clean: false })
+}
+
+struct AfterBad {
+    /// Checksum-valid frames found after the bad offset.
+    frames: usize,
+    /// The highest durable mark among them (0 if none).
+    max_mark: u64,
+}
+
+/// Looks for checksum-valid frames at every aligned offset after `bad`.
+///
+/// Cost: one pass over the rest of the segment; all-zero and implausible headers are
+/// rejected before any checksum is computed.
+fn forward_scan(view: &[u8], header: &SegmentHeader, id: SegmentId, bad: u64) -> AfterBad {
+    let mut result = AfterBad {
+        frames: 0,
+        max_mark: 0,
+    };
+    let mut offset = bad + FRAME_ALIGN as u64;
+    while let Some(rest) = view.get(offset as usize..) {
+        if rest.len() < FRAME_HEADER_LEN {
+            break;
+        }
+        let kind = rest.get(8).copied().unwrap_or(0);
+        if kind != 0 {
+            if let Ok(frame) = decode_frame(rest, header.salt, id.0, offset) {
+                let mark = u64::from(frame.header.mark);
+                if mark <= offset {
+                    result.frames += 1;
+                    result.max_mark = result.max_mark.max(mark);
+                }
+            }
+        }
+        offset += FRAME_ALIGN as u64;
+    }
+    result
+}
+
+/// Cuts a segment file at `cut`, restores its preallocation and syncs it.
+fn cut_file(file: &dyn VfsFile, path: &Path, cut: u64, opts: &LogOptions) -> Result<()> {
+    file.set_len(cut)
+        .map_err(|e| Error::io("truncate torn tail", path, e))?;
+    if opts.preallocate {
+        file.preallocate(opts.segment_size)
+            .map_err(|e| Error::io("preallocate segment", path, e))?;
+    }
+    file.sync_data()
+        .map_err(|e| Error::io("fdatasync", path, e))
+}
+
+fn quarantine(vfs: &dyn Vfs, dir: &Path, id: SegmentId) -> Result<PathBuf> {
+    let from = dir.join(crate::format::segment_file_name(id.0));
+    let to = dir.join(format!(
+        "{}{QUARANTINE_SUFFIX}",
+        crate::format::segment_file_name(id.0)
+    ));
+    vfs.rename(&from, &to)
+        .map_err(|e| Error::io("quarantine segment", &from, e))?;
+    Ok(to)
+}

@@ -1,0 +1,97 @@
+//! One segment file: its identity, its handle, and how it is created.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::{Error, Result};
+use crate::format::{segment_file_name, SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::ids::SegmentId;
+use crate::io::{write_all_at, Vfs, VfsFile};
+
+/// Suffix of a segment being created; such files are deleted on open.
+pub(crate) const TEMP_SUFFIX: &str = ".tmp";
+
+/// An open segment.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub(crate) id: SegmentId,
+    pub(crate) salt: u64,
+    pub(crate) path: PathBuf,
+    pub(crate) file: Arc<dyn VfsFile>,
+    /// End of the valid records (the write position while the segment is active).
+    pub(crate) data_end: AtomicU64,
+}
+
+impl Segment {
+    pub(crate) fn data_end(&self) -> u64 {
+        self.data_end.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_data_end(&self, end: u64) {
+        self.data_end.store(end, Ordering::Release);
+    }
+
+    /// Creates segment `id` crash-safely: the header is written and synced under a temporary
+    /// name, the file is renamed into place, and the directory is synced. A crash at any
+    /// point leaves either no segment `id` or a complete one (plus possibly a temporary file,
+    /// which the next open deletes).
+    pub(crate) fn create(
+        vfs: &dyn Vfs,
+        dir: &Path,
+        id: SegmentId,
+        size: u64,
+        preallocate: bool,
+    ) -> Result<Segment> {
+        let path = dir.join(segment_file_name(id.0));
+        let tmp = dir.join(format!("{}{TEMP_SUFFIX}", segment_file_name(id.0)));
+        let header = SegmentHeader {
+            segment_id: id.0,
+            salt: new_salt(id.0),
+            created_unix_ms: crate::clock::now_ms(),
+        };
+        let file = vfs
+            .create(&tmp)
+            .map_err(|e| Error::io("create segment", &tmp, e))?;
+        write_all_at(file.as_ref(), &header.encode(), 0)
+            .map_err(|e| Error::io("write segment header", &tmp, e))?;
+        if preallocate {
+            file.preallocate(size)
+                .map_err(|e| Error::io("preallocate segment", &tmp, e))?;
+        }
+        file.sync_data()
+            .map_err(|e| Error::io("fdatasync new segment", &tmp, e))?;
+        vfs.rename(&tmp, &path)
+            .map_err(|e| Error::io("rename new segment", &tmp, e))?;
+        vfs.sync_dir(dir)
+            .map_err(|e| Error::io("fsync directory", dir, e))?;
+        Ok(Segment {
+            id,
+            salt: header.salt,
+            path,
+            file,
+            data_end: AtomicU64::new(SEGMENT_HEADER_LEN as u64),
+        })
+    }
+}
+
+/// A salt that differs between segments, processes and runs. It needs to be unpredictable
+/// only in the sense that old bytes must not happen to carry the new segment's salt, so the
+/// standard library's randomly keyed hasher is enough.
+fn new_salt(segment_id: u64) -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u64(segment_id);
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}

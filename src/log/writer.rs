@@ -1,0 +1,447 @@
+//! The write path: framing, segment roll-over, group commit and poisoning.
+//!
+//! # Group commit
+//! Appenders write their frames under the writer lock (one `pwrite` per group) and then, if
+//! the policy asks for durability, wait for the durable position to pass the end of their
+//! group. Whoever finds no `fdatasync` in progress becomes the leader: it records the current
+//! end of the log, releases the lock, syncs, and on success advances the durable position to
+//! that end and wakes everyone. Appenders that wrote while the leader was syncing wait for
+//! the next round, which one of them leads. So N concurrent appenders cost about two
+//! `fdatasync`s, not N.
+//!
+//! # Poisoning
+//! If a write or an `fdatasync` fails, the writer records the failure and refuses every later
+//! write and every wait that is not already satisfied. A failed `fdatasync` is never retried:
+//! Linux may have dropped the dirty pages and a second call would report success.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{frame_header, Appended, Record, Segment, Shared};
+use crate::error::{Error, Result};
+use crate::format::{encode_frame, frame_len, RecordKind, SealBody, SEGMENT_HEADER_LEN};
+use crate::ids::{Position, SegmentId};
+use crate::io::write_all_at;
+use crate::options::{FsyncPolicy, SEAL_RESERVE};
+
+#[derive(Debug)]
+pub(crate) struct WriterState {
+    pub(super) active: Arc<Segment>,
+    /// Where the next frame goes in the active segment.
+    pub(super) write_offset: u64,
+    /// Everything before this position is durable.
+    pub(super) durable: Position,
+    /// A leader is running `fdatasync`.
+    sync_in_progress: bool,
+    /// Set by the first I/O failure; never cleared.
+    poisoned: Option<String>,
+    closed: bool,
+    pub(super) shutdown: bool,
+    /// Records written since the last sync started (for `FsyncPolicy::Batch`).
+    pub(super) unsynced_records: u64,
+    /// When the oldest of those was written.
+    pub(super) first_unsynced_at: Option<Instant>,
+    /// Reused frame buffer.
+    buf: Vec<u8>,
+}
+
+impl WriterState {
+    pub(super) fn new(active: Arc<Segment>) -> Self {
+        let write_offset = active.data_end();
+        WriterState {
+            durable: Position {
+                segment: active.id,
+                offset: write_offset,
+            },
+            active,
+            write_offset,
+            sync_in_progress: false,
+            poisoned: None,
+            closed: false,
+            shutdown: false,
+            unsynced_records: 0,
+            first_unsynced_at: None,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The position after the last written frame.
+    pub(super) fn end(&self) -> Position {
+        Position {
+            segment: self.active.id,
+            offset: self.write_offset,
+        }
+    }
+
+    pub(super) fn is_dirty(&self) -> bool {
+        self.durable < self.end()
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if let Some(cause) = &self.poisoned {
+            return Err(Error::Poisoned {
+                cause: cause.clone(),
+            });
+        }
+        if self.closed {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// The durable mark for a frame written now in the active segment.
+    fn mark(&self) -> u32 {
+        if self.durable.segment == self.active.id {
+            // Segment sizes are capped at 1 GiB, so offsets fit in 32 bits.
+            u32::try_from(self.durable.offset).unwrap_or(u32::MAX)
+        } else {
+            0
+        }
+    }
+
+    fn poison(&mut self, err: &Error) {
+        if self.poisoned.is_none() {
+            self.poisoned = Some(err.to_string());
+        }
+    }
+}
+
+impl Shared {
+    pub(super) fn write(&self, records: &[Record<'_>]) -> Result<Appended> {
+        if records.is_empty() {
+            return Err(Error::EmptyBatch);
+        }
+        let max_body = self.opts.max_body_len();
+        let mut total = 0u64;
+        for record in records {
+            let len = record.body_len() as u64;
+            if len > max_body {
+                return Err(Error::TooLarge {
+                    what: "record",
+                    len,
+                    max: max_body,
+                });
+            }
+            total += frame_len(record.body_len()) as u64;
+        }
+        let capacity = self.opts.segment_size - SEGMENT_HEADER_LEN as u64 - SEAL_RESERVE;
+        if total > capacity {
+            return Err(Error::TooLarge {
+                what: "record group",
+                len: total,
+                max: capacity,
+            });
+        }
+
+        let mut w = self.lock_writer();
+        w.check_writable()?;
+        if w.write_offset + total + SEAL_RESERVE > self.opts.segment_size {
+            self.roll(&mut w)?;
+        }
+        let segment = Arc::clone(&w.active);
+        let start = w.write_offset;
+        let mark = w.mark();
+        let mut buf = std::mem::take(&mut w.buf);
+        buf.clear();
+        let mut positions = Vec::with_capacity(records.len());
+        for (i, record) in records.iter().enumerate() {
+            let offset = start + buf.len() as u64;
+            positions.push(Position {
+                segment: segment.id,
+                offset,
+            });
+            let header = frame_header(record.kind, i + 1 < records.len(), mark);
+            encode_frame(
+                &mut buf,
+                segment.salt,
+                segment.id.0,
+                offset,
+                header,
+                record.body,
+            );
+        }
+        let result = write_all_at(segment.file.as_ref(), &buf, start);
+        w.buf = buf;
+        if let Err(e) = result {
+            let err = Error::io("write", &segment.path, e);
+            w.poison(&err);
+            self.synced.notify_all();
+            return Err(err);
+        }
+        w.write_offset = start + total;
+        segment.set_data_end(w.write_offset);
+        let first_unsynced = w.unsynced_records == 0;
+        if first_unsynced {
+            w.first_unsynced_at = Some(Instant::now());
+        }
+        w.unsynced_records += records.len() as u64;
+        if let FsyncPolicy::Batch { max_messages, .. } = self.opts.fsync {
+            // Wake the flusher to start the delay clock, or because the batch is full.
+            if first_unsynced || w.unsynced_records >= u64::from(max_messages) {
+                self.flusher_wake.notify_one();
+            }
+        }
+        Ok(Appended {
+            positions,
+            end: w.end(),
+        })
+    }
+
+    /// Seals the active segment and opens the next one. Called with the writer lock held.
+    ///
+    /// Order, each step complete before the next: write the seal record, `fdatasync` the old
+    /// segment, create the new one (see [`Segment::create`]). So a segment that has a
+    /// successor is always sealed and durable.
+    fn roll(&self, w: &mut WriterState) -> Result<()> {
+        let old = Arc::clone(&w.active);
+        let next_id = SegmentId(old.id.0 + 1);
+        let seal = SealBody {
+            next_segment_id: next_id.0,
+        }
+        .encode();
+        let mut frame = Vec::with_capacity(SEAL_RESERVE as usize);
+        let header = frame_header(RecordKind::Seal.code(), false, w.mark());
+        encode_frame(
+            &mut frame,
+            old.salt,
+            old.id.0,
+            w.write_offset,
+            header,
+            &[&seal],
+        );
+        let result = write_all_at(old.file.as_ref(), &frame, w.write_offset)
+            .map_err(|e| Error::io("write seal record", &old.path, e))
+            .and_then(|()| {
+                old.file
+                    .sync_data()
+                    .map_err(|e| Error::io("fdatasync", &old.path, e))
+            });
+        if let Err(err) = result {
+            w.poison(&err);
+            self.synced.notify_all();
+            return Err(err);
+        }
+        w.write_offset += frame.len() as u64;
+        old.set_data_end(w.write_offset);
+        w.durable = w.end();
+        w.unsynced_records = 0;
+        w.first_unsynced_at = None;
+        self.synced.notify_all();
+
+        let new = match Segment::create(
+            self.vfs.as_ref(),
+            &self.dir,
+            next_id,
+            self.opts.segment_size,
+            self.opts.preallocate,
+        ) {
+            Ok(segment) => Arc::new(segment),
+            Err(err) => {
+                w.poison(&err);
+                self.synced.notify_all();
+                return Err(err);
+            }
+        };
+        self.segments
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(new.id, Arc::clone(&new));
+        w.write_offset = new.data_end();
+        w.durable = Position {
+            segment: new.id,
+            offset: w.write_offset,
+        };
+        w.active = new;
+        Ok(())
+    }
+
+    /// Blocks until the log is durable up to `target`, leading an `fdatasync` if none is in
+    /// progress (group commit; see the module docs).
+    pub(super) fn wait_durable(&self, target: Position) -> Result<()> {
+        let mut w = self.lock_writer();
+        loop {
+            if w.durable >= target {
+                return Ok(());
+            }
+            if let Some(cause) = &w.poisoned {
+                return Err(Error::Poisoned {
+                    cause: cause.clone(),
+                });
+            }
+            if w.sync_in_progress {
+                w = self
+                    .synced
+                    .wait(w)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                continue;
+            }
+            w.sync_in_progress = true;
+            let segment = Arc::clone(&w.active);
+            let to = w.end();
+            w.unsynced_records = 0;
+            w.first_unsynced_at = None;
+            drop(w);
+            let result = segment.file.sync_data();
+            w = self.lock_writer();
+            w.sync_in_progress = false;
+            match result {
+                Ok(()) => {
+                    if to > w.durable {
+                        w.durable = to;
+                    }
+                    self.synced.notify_all();
+                }
+                Err(e) => {
+                    let err = Error::io("fdatasync", &segment.path, e);
+                    w.poison(&err);
+                    self.synced.notify_all();
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    pub(super) fn truncate_from(&self, pos: Position) -> Result<()> {
+        let mut w = self.lock_writer();
+        w.check_writable()?;
+        while w.sync_in_progress {
+            w = self
+                .synced
+                .wait(w)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        let target = self.segment(pos.segment).ok_or_else(|| {
+            Error::corruption(
+                pos.segment,
+                pos.offset,
+                "truncation point in a missing segment",
+            )
+        })?;
+        let valid_boundary = pos.offset == target.data_end()
+            || (pos.offset >= SEGMENT_HEADER_LEN as u64
+                && pos.offset < target.data_end()
+                && self.read_frame_kind(&target, pos.offset).is_some());
+        if !valid_boundary {
+            return Err(Error::InvalidOptions(format!(
+                "{pos} is not a record boundary of the log"
+            )));
+        }
+        let result = self.cut(&mut w, &target, pos);
+        if let Err(err) = &result {
+            w.poison(err);
+            self.synced.notify_all();
+        }
+        result
+    }
+
+    fn read_frame_kind(&self, segment: &Segment, offset: u64) -> Option<u8> {
+        let mut head = [0u8; crate::format::FRAME_HEADER_LEN];
+        crate::io::read_exact_at(segment.file.as_ref(), &mut head, offset).ok()?;
+        let len = u64::from(u32::from_le_bytes([head[4], head[5], head[6], head[7]]));
+        let end = offset.checked_add(frame_len(len.min(u64::from(u32::MAX)) as usize) as u64)?;
+        if end > segment.data_end() {
+            return None;
+        }
+        let mut frame = vec![0u8; usize::try_from(end - offset).ok()?];
+        crate::io::read_exact_at(segment.file.as_ref(), &mut frame, offset).ok()?;
+        crate::format::decode_frame(&frame, segment.salt, segment.id.0, offset)
+            .ok()
+            .map(|v| v.header.kind)
+    }
+
+    /// Deletes the segments after `target` (newest first) and cuts `target` at `pos`.
+    fn cut(&self, w: &mut WriterState, target: &Arc<Segment>, pos: Position) -> Result<()> {
+        let newer: Vec<Arc<Segment>> = {
+            let segments = self
+                .segments
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            segments
+                .range(SegmentId(pos.segment.0 + 1)..)
+                .rev()
+                .map(|(_, s)| Arc::clone(s))
+                .collect()
+        };
+        for segment in &newer {
+            self.vfs
+                .remove(&segment.path)
+                .map_err(|e| Error::io("remove segment", &segment.path, e))?;
+            self.segments
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&segment.id);
+        }
+        if !newer.is_empty() {
+            self.vfs
+                .sync_dir(&self.dir)
+                .map_err(|e| Error::io("fsync directory", &self.dir, e))?;
+        }
+        let file = target.file.as_ref();
+        let io = |op| move |e| Error::io(op, &target.path, e);
+        file.set_len(pos.offset).map_err(io("truncate segment"))?;
+        if self.opts.preallocate {
+            file.preallocate(self.opts.segment_size)
+                .map_err(io("preallocate segment"))?;
+        }
+        file.sync_data().map_err(io("fdatasync"))?;
+        target.set_data_end(pos.offset);
+        w.active = Arc::clone(target);
+        w.write_offset = pos.offset;
+        w.durable = pos;
+        w.unsynced_records = 0;
+        w.first_unsynced_at = None;
+        Ok(())
+    }
+
+    pub(super) fn purge_before(&self, before: SegmentId) -> Result<usize> {
+        let w = self.lock_writer();
+        w.check_writable()?;
+        let active = w.active.id;
+        drop(w);
+        let doomed: Vec<Arc<Segment>> = {
+            let segments = self
+                .segments
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            segments
+                .range(..before.min(active))
+                .map(|(_, s)| Arc::clone(s))
+                .collect()
+        };
+        for segment in &doomed {
+            self.segments
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&segment.id);
+            self.vfs
+                .remove(&segment.path)
+                .map_err(|e| Error::io("remove segment", &segment.path, e))?;
+        }
+        if !doomed.is_empty() {
+            self.vfs
+                .sync_dir(&self.dir)
+                .map_err(|e| Error::io("fsync directory", &self.dir, e))?;
+        }
+        Ok(doomed.len())
+    }
+
+    /// Syncs, appends a commit marker whose durable mark is its own offset, syncs again and
+    /// marks the writer closed.
+    pub(super) fn close(&self) -> Result<()> {
+        let end = {
+            let w = self.lock_writer();
+            if w.closed {
+                return Ok(());
+            }
+            w.end()
+        };
+        self.wait_durable(end)?;
+        let appended = self.write(&[Record {
+            kind: RecordKind::Commit.code(),
+            body: &[],
+        }])?;
+        self.wait_durable(appended.end)?;
+        self.lock_writer().closed = true;
+        Ok(())
+    }
+}
