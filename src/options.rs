@@ -183,7 +183,8 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 4 << 20;
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     pub(crate) log: LogOptions,
-    pub(crate) max_message_size: u64,
+    /// `None`: the default, 4 MiB or what a segment can hold if less.
+    pub(crate) max_message_size: Option<u64>,
     pub(crate) persist_deliveries: bool,
 }
 
@@ -191,7 +192,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             log: LogOptions::default(),
-            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_message_size: None,
             persist_deliveries: true,
         }
     }
@@ -232,12 +233,25 @@ impl StoreOptions {
         self
     }
 
-    /// Largest payload `publish` accepts. Default 4 MiB; at least 1 byte and at most what
-    /// one segment can hold after its header (so at most about 64 MiB).
+    /// Largest payload `publish` accepts. Default 4 MiB, or less if a segment cannot hold
+    /// that much; an explicit value must be at least 1 byte and at most what one segment
+    /// holds after its header and a record header (about 64 MiB at most), or `open` fails
+    /// with [`Error::InvalidOptions`].
     #[must_use]
     pub fn max_message_size(mut self, bytes: u64) -> Self {
-        self.max_message_size = bytes;
+        self.max_message_size = Some(bytes);
         self
+    }
+
+    /// The largest payload a segment of the configured size can hold.
+    fn segment_payload_capacity(&self) -> u64 {
+        self.log.max_body_len() - PUBLISH_HEADER_LEN as u64
+    }
+
+    /// The effective maximum payload size.
+    pub(crate) fn effective_max_message_size(&self) -> u64 {
+        self.max_message_size
+            .unwrap_or_else(|| DEFAULT_MAX_MESSAGE_SIZE.min(self.segment_payload_capacity()))
     }
 
     /// Whether each delivery appends a small `Deliver` record (written, never waited for).
@@ -253,11 +267,12 @@ impl StoreOptions {
 
     pub(crate) fn validate(&self) -> Result<()> {
         self.log.validate()?;
-        let max = self.log.max_body_len() - PUBLISH_HEADER_LEN as u64;
-        if self.max_message_size == 0 || self.max_message_size > max {
+        let max = self.segment_payload_capacity();
+        let size = self.effective_max_message_size();
+        if size == 0 || size > max {
             return Err(Error::InvalidOptions(format!(
-                "max message size {} is outside 1..={max} for {}-byte segments",
-                self.max_message_size, self.log.segment_size
+                "max message size {size} is outside 1..={max} for {}-byte segments",
+                self.log.segment_size
             )));
         }
         Ok(())

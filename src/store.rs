@@ -269,7 +269,7 @@ impl Store {
         if payloads.is_empty() {
             return Err(Error::EmptyBatch);
         }
-        let max = self.inner.opts.max_message_size;
+        let max = self.inner.opts.effective_max_message_size();
         for payload in payloads {
             if payload.len() as u64 > max {
                 return Err(Error::TooLarge {
