@@ -1,18 +1,21 @@
 //! The file-system seam: every byte walq reads or writes goes through [`Vfs`] and
 //! [`VfsFile`].
 //!
-//! Two implementations ship with the crate:
+//! Three implementations ship with the crate:
 //! - [`DiskVfs`], the real file system (`pread`/`pwrite`/`fdatasync`, `flock` for the
 //!   directory lock, read-only memory maps for recovery scans);
-//! - [`MemVfs`], an in-memory file system for tests, with no crash model of its own.
+//! - [`MemVfs`], an in-memory file system for tests, with no crash model of its own;
+//! - [`SimVfs`], a simulated disk for crash tests: it keeps volatile and durable images,
+//!   loses, tears or garbles unsynced writes at a simulated power loss, reverts unsynced
+//!   directory entries, and fails `fsync` or writes on request.
 //!
-//! Tests that need power loss, torn writes or failing `fsync` plug a fault-injecting
-//! implementation in behind the same traits. The traits are deliberately small and close to
-//! the system calls, so that such a simulation can model exactly what each call does.
+//! The traits are deliberately small and close to the system calls, so that a simulation
+//! can model exactly what each call does.
 
 mod disk;
 mod mem;
 mod mmap;
+mod sim;
 
 use std::fmt;
 use std::io;
@@ -22,6 +25,7 @@ use std::sync::Arc;
 
 pub use disk::DiskVfs;
 pub use mem::MemVfs;
+pub use sim::{CrashMode, FaultPlan, SimCounters, SimVfs, SECTOR};
 
 /// A file system: directory operations and file creation.
 ///
