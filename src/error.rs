@@ -57,7 +57,8 @@ pub enum Error {
     /// A segment was written by a format version this build does not understand.
     #[error(
         "{} uses walq format version {found}, this build reads version {supported}; \
-         open it with a walq release that supports format {found}",
+         open it with a walq release that supports format {found} (if no release has that \
+         format, the segment header is damaged)",
         path.display()
     )]
     UnsupportedVersion {

@@ -4,8 +4,11 @@ use std::fmt;
 
 /// Identifies a message for its whole life in a store.
 ///
-/// Ids are assigned densely and in log order (`0, 1, 2, ...`) across all queues of a store
-/// and are never reused, not even after the message is acknowledged.
+/// Ids are assigned densely and in log order (`0, 1, 2, ...`) across all queues of a store.
+/// An id whose publish record is durable is never reused, not even after the message is
+/// acknowledged. An id whose publish was lost in a crash before becoming durable (possible
+/// under every policy but [`FsyncPolicy::Always`](crate::FsyncPolicy::Always), and for a
+/// publish interrupted by the crash) is given to the next message published after recovery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MessageId(pub u64);
 

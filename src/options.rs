@@ -19,8 +19,9 @@ pub enum FsyncPolicy {
     /// progress syncs everything written so far, and everyone it covers returns.
     Always,
     /// Calls return without waiting; a background thread syncs once `max_messages` records
-    /// are unsynced, or `max_delay` after the oldest unsynced record was written, whichever
-    /// comes first. A power loss loses at most that window.
+    /// are unsynced (publishes, acks, nacks and delivery records all count), or `max_delay`
+    /// after the oldest unsynced record was written, whichever comes first. A power loss
+    /// loses at most that window.
     Batch {
         /// Sync after this many unsynced records (at least 1).
         max_messages: u32,
@@ -68,9 +69,13 @@ pub enum RecoveryMode {
     /// and offset.
     #[default]
     TolerateTornTail,
-    /// Like `TolerateTornTail`, but corruption in the durable part is truncated as well:
-    /// the log is cut at the first bad record and every later segment is renamed to
-    /// `*.wal.quarantine`. Records after the cut are lost; the report lists what was cut.
+    /// Like `TolerateTornTail`, but damage in the durable part is cut off as well: the log
+    /// ends at the first frame that fails its checksum or bounds (or at a missing segment, or
+    /// before a segment with a damaged header), and every later segment is renamed to
+    /// `*.wal.quarantine` (never overwriting an earlier one). Records after the cut are lost;
+    /// the report lists the cut and the quarantined files. Records that pass their checksum
+    /// but break the format's rules (a misplaced seal, a message id out of sequence) still
+    /// fail `open`: they mean the log was not written by walq, not that it was damaged.
     /// Use it to bring a damaged store back into service after saving a copy.
     Salvage,
 }

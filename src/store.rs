@@ -233,9 +233,13 @@ impl Store {
     /// Closes the store cleanly: syncs, writes a commit marker, and makes every later call
     /// on any handle fail with [`Error::Closed`] (blocked receivers wake up with it).
     ///
+    /// Releases the directory lock, so another store may open the directory at once, even
+    /// while handles on this one still exist.
+    ///
     /// Dropping the last handle without `close` is safe too (nothing is lost that the fsync
-    /// policy promised), but the next open treats messages that were out with consumers as
-    /// redelivered and cannot tell a corrupt last record from a torn one.
+    /// policy promised); what `close` adds is the commit marker, without which the next open
+    /// cannot tell damage to the last records from a torn write and truncates them. Either
+    /// way, messages that were out with consumers come back with `redelivered = true`.
     pub fn close(&self) -> Result<()> {
         {
             let mut state = lock(&self.inner.state);
@@ -337,6 +341,8 @@ impl Store {
     }
 
     fn receive_from(&self, queue: QueueId, deadline: Deadline) -> Result<Option<Delivery>> {
+        // A poisoned store could not record the ack, so it hands nothing out either.
+        self.inner.log.check_writable()?;
         let mut state = lock(&self.inner.state);
         let (id, count, pos, name) = loop {
             if state.closed {

@@ -7,7 +7,7 @@
 //! next group would not fit, and can be cut back ([`Log::truncate_from`]) or trimmed at the
 //! front ([`Log::purge_before`]), which is what a Raft log store needs as well.
 //!
-//! Durability follows the [`FsyncPolicy`](crate::FsyncPolicy); the group-commit protocol
+//! Durability follows the [`FsyncPolicy`]; the group-commit protocol
 //! is in `writer.rs`, the recovery scan in `recovery.rs`.
 
 mod flusher;
@@ -33,10 +33,13 @@ use writer::WriterState;
 /// Name of the lock file in a log directory.
 pub(crate) const LOCK_FILE: &str = "LOCK";
 
+/// The lowest record kind a caller may use; kinds below it belong to the log itself.
+pub const FIRST_USER_KIND: u8 = 16;
+
 /// A record to append: its kind and its body, given as parts that are concatenated.
 #[derive(Debug, Clone, Copy)]
 pub struct Record<'a> {
-    /// The record kind; 1 to 15 are reserved for the log itself.
+    /// The record kind, at least [`FIRST_USER_KIND`]; lower kinds belong to the log itself.
     pub kind: u8,
     /// The body, in parts.
     pub body: &'a [&'a [u8]],
@@ -88,8 +91,8 @@ pub(crate) struct Shared {
     flusher_wake: Condvar,
     /// Every live segment, for readers.
     segments: RwLock<BTreeMap<SegmentId, Arc<Segment>>>,
-    /// Held for the log's lifetime: the directory lock.
-    _lock: Box<dyn crate::io::LockGuard>,
+    /// The directory lock, held until the log is closed or dropped.
+    lock: Mutex<Option<Box<dyn crate::io::LockGuard>>>,
 }
 
 /// A snapshot of one segment, for statistics.
@@ -127,6 +130,11 @@ impl Log {
         opts.validate()?;
         vfs.create_dir_all(dir)
             .map_err(|e| Error::io("create directory", dir, e))?;
+        // If the directory was just created, its own entry must be durable too.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            vfs.sync_dir(parent)
+                .map_err(|e| Error::io("fsync directory", parent, e))?;
+        }
         let lock_path = dir.join(LOCK_FILE);
         let lock = vfs
             .try_lock(&lock_path)
@@ -143,7 +151,7 @@ impl Log {
             synced: Condvar::new(),
             flusher_wake: Condvar::new(),
             segments: RwLock::new(recovered.segments),
-            _lock: lock,
+            lock: Mutex::new(Some(lock)),
         });
         let flusher = match shared.opts.fsync {
             FsyncPolicy::Batch { .. } | FsyncPolicy::Interval(_) => {
@@ -276,8 +284,9 @@ impl Log {
         })
     }
 
-    /// Removes every record at or after `pos`, which must be the position of a record or the
-    /// current end. Later segments are deleted (newest first) and `pos`'s segment is cut
+    /// Removes every record at or after `pos`, which must be the position of a record
+    /// appended by the caller or the current end of the log ([`Error::InvalidOptions`]
+    /// otherwise). Later segments are deleted (newest first) and `pos`'s segment is cut
     /// back; everything is durable when this returns. The next append goes to `pos`.
     pub fn truncate_from(&self, pos: Position) -> Result<()> {
         self.shared.truncate_from(pos)
@@ -308,11 +317,24 @@ impl Log {
             .collect()
     }
 
-    /// Closes the log cleanly: writes a commit marker, syncs, and refuses later appends with
-    /// [`Error::Closed`]. The marker lets the next recovery treat every earlier byte of the
-    /// last segment as durable, so corruption in it is reported instead of truncated.
+    /// Closes the log cleanly: writes a commit marker, syncs, refuses later appends with
+    /// [`Error::Closed`] and releases the directory lock. The marker lets the next recovery
+    /// treat every earlier byte of the last segment as durable, so corruption in it is
+    /// reported instead of truncated.
     pub fn close(&self) -> Result<()> {
-        self.shared.close()
+        self.shared.close()?;
+        self.shared
+            .lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        Ok(())
+    }
+
+    /// `Ok` while the log accepts writes; [`Error::Poisoned`] after an I/O failure,
+    /// [`Error::Closed`] after [`Log::close`].
+    pub fn check_writable(&self) -> Result<()> {
+        self.shared.lock_writer().check_writable()
     }
 }
 

@@ -82,8 +82,12 @@ pub(super) struct Recovered {
 
 /// How the scan of one segment ended.
 enum ScanEnd {
-    /// A seal record ends the segment at this offset.
-    Sealed(u64),
+    /// A seal record at `seal` ends the segment at `end` and names the next segment.
+    Sealed {
+        seal: u64,
+        end: u64,
+        next: SegmentId,
+    },
     /// The segment stays open for appends at `cut`; unless `clean`, bytes after it must be
     /// discarded (the report says why).
     Open { cut: u64, clean: bool },
@@ -121,7 +125,26 @@ pub(super) fn recover(
             let view = file
                 .view(len)
                 .map_err(|e| Error::io("map segment", &path, e))?;
-            let header = decode_header(&view, id, &path)?;
+            let header = match decode_header(&view, id, &path) {
+                Ok(header) => header,
+                Err(err @ Error::Corruption { .. }) if opts.recovery == RecoveryMode::Salvage => {
+                    // Set this segment and every later one aside; the log ends before it.
+                    drop(view);
+                    for &later in ids.get(i..).unwrap_or_default() {
+                        report.quarantined.push(quarantine(vfs, dir, later)?);
+                        next_id = SegmentId(later.0 + 1);
+                    }
+                    report.truncated = Some(Truncation {
+                        segment: id,
+                        offset: 0,
+                        reason: err.to_string(),
+                        discarded_frames: 0,
+                    });
+                    last_sealed = true;
+                    break;
+                }
+                Err(err) => return Err(err),
+            };
             report.segments += 1;
             let end = scan(
                 &view,
@@ -144,9 +167,32 @@ pub(super) fn recover(
             })
         };
         match end {
-            ScanEnd::Sealed(end) => {
+            ScanEnd::Sealed { seal, end, next } => {
                 segments.insert(id, segment(end));
                 last_sealed = true;
+                match ids.get(i + 1) {
+                    Some(&found) if found != next => {
+                        let why = format!(
+                            "the seal names segment {next} as the next one, but the next file \
+                             is segment {found}: a segment is missing"
+                        );
+                        if opts.recovery != RecoveryMode::Salvage {
+                            return Err(Error::corruption(id, seal, why));
+                        }
+                        for &later in ids.get(i + 1..).unwrap_or_default() {
+                            report.quarantined.push(quarantine(vfs, dir, later)?);
+                            next_id = SegmentId(later.0 + 1);
+                        }
+                        report.truncated = Some(Truncation {
+                            segment: id,
+                            offset: end,
+                            reason: why,
+                            discarded_frames: 0,
+                        });
+                        break;
+                    }
+                    _ => {}
+                }
             }
             ScanEnd::Open { cut, clean } => {
                 if !clean {
@@ -206,7 +252,7 @@ fn list_segments(vfs: &dyn Vfs, dir: &Path, report: &mut RecoveryReport) -> Resu
         .map_err(|e| Error::io("list directory", dir, e))?;
     let mut ids = Vec::new();
     for name in names {
-        if name == LOCK_FILE || name.ends_with(QUARANTINE_SUFFIX) {
+        if name == LOCK_FILE || name.contains(QUARANTINE_SUFFIX) {
             continue;
         }
         if let Some(id) = parse_segment_file_name(&name) {
@@ -292,10 +338,25 @@ fn scan(
                         "seal record inside an atomic group",
                     ));
                 }
-                SealBody::decode(frame.body).map_err(|e| Error::corruption(id, offset, e))?;
-                return Ok(ScanEnd::Sealed(frame.next_offset));
+                let body =
+                    SealBody::decode(frame.body).map_err(|e| Error::corruption(id, offset, e))?;
+                if frame.header.flags.continues() {
+                    return Err(Error::corruption(
+                        id,
+                        offset,
+                        "seal record flagged as continuing",
+                    ));
+                }
+                return Ok(ScanEnd::Sealed {
+                    seal: offset,
+                    end: frame.next_offset,
+                    next: SegmentId(body.next_segment_id),
+                });
             }
             Some(RecordKind::Commit) => {
+                if !frame.body.is_empty() || frame.header.flags.continues() {
+                    return Err(Error::corruption(id, offset, "malformed commit record"));
+                }
                 if !group.is_empty() {
                     return Err(Error::corruption(
                         id,
@@ -439,10 +500,25 @@ fn cut_file(file: &dyn VfsFile, path: &Path, cut: u64, opts: &LogOptions) -> Res
 
 fn quarantine(vfs: &dyn Vfs, dir: &Path, id: SegmentId) -> Result<PathBuf> {
     let from = dir.join(crate::format::segment_file_name(id.0));
-    let to = dir.join(format!(
+    let existing = vfs
+        .list(dir)
+        .map_err(|e| Error::io("list directory", dir, e))?;
+    // Never overwrite the copy an earlier salvage set aside.
+    let base = format!(
         "{}{QUARANTINE_SUFFIX}",
         crate::format::segment_file_name(id.0)
-    ));
+    );
+    let name = (0u32..)
+        .map(|n| {
+            if n == 0 {
+                base.clone()
+            } else {
+                format!("{base}.{n}")
+            }
+        })
+        .find(|name| !existing.contains(name))
+        .unwrap_or(base);
+    let to = dir.join(name);
     vfs.rename(&from, &to)
         .map_err(|e| Error::io("quarantine segment", &from, e))?;
     Ok(to)

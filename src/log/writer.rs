@@ -17,6 +17,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::FIRST_USER_KIND;
 use super::{frame_header, Appended, Record, Segment, Shared};
 use crate::error::{Error, Result};
 use crate::format::{encode_frame, frame_len, RecordKind, SealBody, SEGMENT_HEADER_LEN};
@@ -77,7 +78,7 @@ impl WriterState {
         self.durable < self.end()
     }
 
-    fn check_writable(&self) -> Result<()> {
+    pub(super) fn check_writable(&self) -> Result<()> {
         if let Some(cause) = &self.poisoned {
             return Err(Error::Poisoned {
                 cause: cause.clone(),
@@ -317,10 +318,16 @@ impl Shared {
                 "truncation point in a missing segment",
             )
         })?;
-        let valid_boundary = pos.offset == target.data_end()
+        // The end of the active segment, or a record of the caller's (never the log's own
+        // seal or commit records: cutting "after" a seal would leave appends behind it,
+        // where recovery never looks).
+        let is_active = target.id == w.active.id;
+        let valid_boundary = (is_active && pos.offset == w.write_offset)
             || (pos.offset >= SEGMENT_HEADER_LEN as u64
                 && pos.offset < target.data_end()
-                && self.read_frame_kind(&target, pos.offset).is_some());
+                && self
+                    .read_frame_kind(&target, pos.offset)
+                    .is_some_and(|k| k >= FIRST_USER_KIND));
         if !valid_boundary {
             return Err(Error::InvalidOptions(format!(
                 "{pos} is not a record boundary of the log"
@@ -409,18 +416,23 @@ impl Shared {
                 .collect()
         };
         for segment in &doomed {
+            self.vfs
+                .remove(&segment.path)
+                .map_err(|e| Error::io("remove segment", &segment.path, e))?;
             self.segments
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .remove(&segment.id);
-            self.vfs
-                .remove(&segment.path)
-                .map_err(|e| Error::io("remove segment", &segment.path, e))?;
         }
         if !doomed.is_empty() {
-            self.vfs
-                .sync_dir(&self.dir)
-                .map_err(|e| Error::io("fsync directory", &self.dir, e))?;
+            if let Err(e) = self.vfs.sync_dir(&self.dir) {
+                // Which removals are durable is unknown now: stop writing, as after a failed
+                // fsync.
+                let err = Error::io("fsync directory", &self.dir, e);
+                self.lock_writer().poison(&err);
+                self.synced.notify_all();
+                return Err(err);
+            }
         }
         Ok(doomed.len())
     }
