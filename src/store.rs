@@ -111,6 +111,7 @@ impl Store {
     ///
     /// Names are 1 to 255 bytes of UTF-8.
     pub fn declare_queue(&self, name: &str) -> Result<Queue> {
+        self.check_open()?;
         if let Ok(queue) = self.queue(name) {
             return Ok(queue);
         }
@@ -207,6 +208,7 @@ impl Store {
     /// There is no separate `flush`: every call already hands its record to the operating
     /// system before returning, so there is never data buffered inside walq.
     pub fn sync(&self) -> Result<()> {
+        self.check_open()?;
         self.inner.log.sync()
     }
 
@@ -329,7 +331,9 @@ impl Store {
             }
         }
         if let Some(q) = state.queue_mut(queue) {
-            q.ready.extend(ids.iter().copied());
+            for &id in &ids {
+                q.insert_ready(id);
+            }
             q.published += ids.len() as u64;
             if ids.len() == 1 {
                 q.available.notify_one();
