@@ -92,6 +92,13 @@ pub enum Error {
         max: u64,
     },
 
+    /// A record kind below 16 was given to the log; those kinds are the log's own.
+    #[error("record kind {kind} is reserved for the log itself; use kinds 16 to 255")]
+    ReservedKind {
+        /// The kind given.
+        kind: u8,
+    },
+
     /// A batch publish was given no messages.
     #[error("a batch must contain at least one message")]
     EmptyBatch,

@@ -184,8 +184,8 @@ impl Log {
     /// [`FsyncPolicy::Always`] until the group is durable, otherwise only until it is
     /// written to the operating system.
     ///
-    /// Fails without writing anything if a record is larger than [`Log::max_body_len`] or
-    /// the group does not fit in one segment. An I/O failure poisons the log: this and every
+    /// Fails without writing anything if a record is larger than [`Log::max_body_len`], the
+    /// group does not fit in one segment, or a kind is below [`FIRST_USER_KIND`]. An I/O failure poisons the log: this and every
     /// later append fails with [`Error::Poisoned`] until it is reopened.
     pub fn append(&self, records: &[Record<'_>]) -> Result<Appended> {
         let appended = self.write(records)?;
@@ -200,6 +200,9 @@ impl Log {
     /// group is written, then wait for the fsync outside that lock so that other callers can
     /// join the same group commit.
     pub fn write(&self, records: &[Record<'_>]) -> Result<Appended> {
+        if let Some(record) = records.iter().find(|r| r.kind < FIRST_USER_KIND) {
+            return Err(Error::ReservedKind { kind: record.kind });
+        }
         self.shared.write(records)
     }
 
