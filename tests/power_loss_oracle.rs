@@ -52,8 +52,9 @@ fn options() -> StoreOptions {
 }
 
 fn payload(rng: &mut Rng, id_hint: u64) -> Vec<u8> {
-    let len = match rng.below(10) {
-        0 => 600 + rng.below(1500) as usize, // spans sectors
+    let len = match rng.below(20) {
+        0 => 8_000 + rng.below(12_000) as usize, // rolls the 64 KiB segments now and then
+        1 | 2 => 600 + rng.below(1500) as usize, // spans sectors
         _ => rng.below(80) as usize,
     };
     let mut p = id_hint.to_le_bytes().to_vec();

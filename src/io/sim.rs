@@ -242,58 +242,75 @@ impl SimVfs {
     pub fn crash(&self, mode: CrashMode, seed: u64) -> SimVfs {
         let mut old = self.lock();
         old.alive = false;
-        let mut rng = seed ^ old.rng;
-        let mut state = SimState {
-            alive: true,
-            rng: seed ^ 0x5EED,
-            ..SimState::default()
-        };
-        state.dirs = old.dirs.clone();
-        state.next_inode = old.next_inode;
-
-        // Directory entries: everything under ProcessCrash, else durable ones plus a prefix
-        // of the pending operations.
-        let entries = match mode {
-            CrashMode::ProcessCrash => old.volatile_dir.clone(),
-            CrashMode::PowerLoss => {
-                let mut entries = old.durable_dir.clone();
-                let keep = (next_rand(&mut rng) % (old.pending_dir.len() as u64 + 1)) as usize;
-                for op in old.pending_dir.iter().take(keep) {
-                    match op {
-                        DirOp::Link { dir, name, inode } => {
-                            entries.insert(dir.join(name), *inode);
-                        }
-                        DirOp::Unlink { dir, name } => {
-                            entries.remove(&dir.join(name));
-                        }
-                    }
-                }
-                entries
+        match mode {
+            CrashMode::ProcessCrash => {
+                let entries = old.volatile_dir.clone();
+                let images = old
+                    .inodes
+                    .iter()
+                    .map(|(&id, inode)| (id, inode.volatile.clone()))
+                    .collect();
+                rebuilt(&old, entries, images, seed)
             }
-        };
-        let live_inodes: BTreeSet<InodeId> = entries.values().copied().collect();
-        for id in live_inodes {
-            let Some(inode) = old.inodes.get(&id) else {
-                continue;
-            };
-            let bytes = match mode {
-                CrashMode::ProcessCrash => inode.volatile.clone(),
-                CrashMode::PowerLoss => power_loss_image(inode, &mut rng),
-            };
-            state.inodes.insert(
-                id,
-                Inode {
-                    volatile: bytes.clone(),
-                    durable: bytes,
-                    ..Inode::default()
-                },
-            );
+            CrashMode::PowerLoss => {
+                let mut rng = seed ^ old.rng;
+                let outcome = random_outcome(&old, &mut rng);
+                materialize(&old, &outcome, seed)
+            }
         }
-        state.volatile_dir = entries.clone();
-        state.durable_dir = entries;
-        SimVfs {
-            state: Arc::new(Mutex::new(state)),
+    }
+
+    /// Every distinct state a power loss could leave right now, or `limit` of them sampled
+    /// with `seed` if there are more. Returns the number of reachable states and the disks.
+    ///
+    /// A state is a choice of how many pending directory operations persist (a prefix) and,
+    /// for every pending write, whether it is lost, kept, zeroed, torn after each whole
+    /// sector, or has garbage in its last sector; pending size changes persist or not. This
+    /// disk is left untouched.
+    #[must_use]
+    pub fn power_loss_states(&self, limit: usize, seed: u64) -> (u128, Vec<SimVfs>) {
+        let state = self.lock();
+        let radices = outcome_radices(&state);
+        let total = radices
+            .iter()
+            .fold(1u128, |acc, &r| acc.saturating_mul(r as u128));
+        let mut rng = seed;
+        let mut disks = Vec::new();
+        if total <= limit as u128 {
+            let mut digits = vec![0usize; radices.len()];
+            loop {
+                disks.push(materialize(
+                    &state,
+                    &outcome_from_digits(&state, &digits),
+                    seed,
+                ));
+                // Mixed-radix increment.
+                let mut i = 0;
+                loop {
+                    let Some(d) = digits.get_mut(i) else {
+                        return (total, disks);
+                    };
+                    *d += 1;
+                    if *d < radices.get(i).copied().unwrap_or(1) {
+                        break;
+                    }
+                    *d = 0;
+                    i += 1;
+                }
+            }
         }
+        for _ in 0..limit {
+            let digits: Vec<usize> = radices
+                .iter()
+                .map(|&r| (next_rand(&mut rng) % r as u64) as usize)
+                .collect();
+            disks.push(materialize(
+                &state,
+                &outcome_from_digits(&state, &digits),
+                seed,
+            ));
+        }
+        (total, disks)
     }
 
     /// A copy of the volatile contents of `path`, if it exists.
@@ -334,62 +351,217 @@ impl SimVfs {
     }
 }
 
-/// The durable image of `inode` after a power loss: each pending operation, in order, is
-/// applied, dropped, torn, zeroed or garbled.
-fn power_loss_image(inode: &Inode, rng: &mut u64) -> Vec<u8> {
-    let mut image = inode.durable.clone();
-    for op in &inode.pending {
-        match op {
-            Pending::SetLen(_) => {
-                if next_rand(rng) % 2 == 0 {
-                    apply(&mut image, op);
-                }
+/// What happens to one pending write at a power loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Lost,
+    Kept,
+    /// The size grew but the data never landed: zeros.
+    Zeroed,
+    /// Only the first n whole sectors landed.
+    Torn(usize),
+    /// Everything landed but the last sector holds garbage.
+    GarbageTail,
+    /// An arbitrary subset of sectors landed (bit i of the mask: sector i kept), the rest
+    /// read as zeros; only drawn by the random crash.
+    Sectors(u64),
+}
+
+/// The choices one power loss makes.
+struct Outcome {
+    dir_ops_kept: usize,
+    /// Per inode with pending operations (in inode order), a fate per operation.
+    fates: BTreeMap<InodeId, Vec<Fate>>,
+}
+
+fn sectors(len: usize) -> usize {
+    len.div_ceil(SECTOR).max(1)
+}
+
+/// The fates enumeration tries for a pending operation.
+fn fate_choices(op: &Pending) -> Vec<Fate> {
+    match op {
+        Pending::SetLen(_) => vec![Fate::Lost, Fate::Kept],
+        Pending::Write { data, .. } => {
+            let mut choices = vec![Fate::Lost, Fate::Kept, Fate::Zeroed];
+            choices.extend((1..sectors(data.len())).map(Fate::Torn));
+            if !data.is_empty() {
+                choices.push(Fate::GarbageTail);
             }
-            Pending::Write { offset, data } => {
-                let choice = next_rand(rng) % 8;
-                let data: Vec<u8> = match choice {
-                    0 | 1 => continue,     // lost
-                    2..=4 => data.clone(), // kept
-                    5 => {
-                        // Torn: whole sectors from the start.
-                        let sectors = data.len().div_ceil(SECTOR);
-                        let keep = (next_rand(rng) % (sectors as u64 + 1)) as usize * SECTOR;
-                        data.get(..keep.min(data.len()))
-                            .unwrap_or_default()
-                            .to_vec()
+            choices
+        }
+    }
+}
+
+/// The number of choices for each decision, directory prefix first.
+fn outcome_radices(state: &SimState) -> Vec<usize> {
+    let mut radices = vec![state.pending_dir.len() + 1];
+    for inode in state.inodes.values() {
+        radices.extend(inode.pending.iter().map(|op| fate_choices(op).len()));
+    }
+    radices
+}
+
+fn outcome_from_digits(state: &SimState, digits: &[usize]) -> Outcome {
+    let mut digits = digits.iter().copied();
+    let dir_ops_kept = digits.next().unwrap_or(0);
+    let mut fates = BTreeMap::new();
+    for (&id, inode) in &state.inodes {
+        let f: Vec<Fate> = inode
+            .pending
+            .iter()
+            .map(|op| {
+                let choices = fate_choices(op);
+                let d = digits.next().unwrap_or(0);
+                choices.get(d).copied().unwrap_or(Fate::Lost)
+            })
+            .collect();
+        fates.insert(id, f);
+    }
+    Outcome {
+        dir_ops_kept,
+        fates,
+    }
+}
+
+fn random_outcome(state: &SimState, rng: &mut u64) -> Outcome {
+    let dir_ops_kept = (next_rand(rng) % (state.pending_dir.len() as u64 + 1)) as usize;
+    let mut fates = BTreeMap::new();
+    for (&id, inode) in &state.inodes {
+        let f: Vec<Fate> = inode
+            .pending
+            .iter()
+            .map(|op| match op {
+                Pending::SetLen(_) if next_rand(rng) % 2 == 0 => Fate::Kept,
+                Pending::SetLen(_) => Fate::Lost,
+                Pending::Write { data, .. } => match next_rand(rng) % 8 {
+                    0..=1 => Fate::Lost,
+                    2..=4 => Fate::Kept,
+                    5 => Fate::Torn((next_rand(rng) % (sectors(data.len()) as u64 + 1)) as usize),
+                    6 => Fate::Sectors(next_rand(rng)),
+                    _ => Fate::GarbageTail,
+                },
+            })
+            .collect();
+        fates.insert(id, f);
+    }
+    Outcome {
+        dir_ops_kept,
+        fates,
+    }
+}
+
+/// The durable image of `inode` after its pending operations meet their fates.
+fn survivor_image(inode: &Inode, fates: &[Fate], seed: u64) -> Vec<u8> {
+    let mut image = inode.durable.clone();
+    let mut rng = seed;
+    for (op, fate) in inode.pending.iter().zip(fates.iter().copied()) {
+        let Pending::Write { offset, data } = op else {
+            if fate == Fate::Kept {
+                apply(&mut image, op);
+            }
+            continue;
+        };
+        let data: Vec<u8> = match fate {
+            Fate::Lost => continue,
+            Fate::Kept => data.clone(),
+            Fate::Zeroed => vec![0; data.len()],
+            Fate::Torn(n) => data
+                .get(..(n * SECTOR).min(data.len()))
+                .unwrap_or_default()
+                .to_vec(),
+            Fate::GarbageTail => {
+                let mut out = data.clone();
+                let last = (sectors(out.len()) - 1) * SECTOR;
+                for b in out.get_mut(last..).unwrap_or_default() {
+                    *b = next_rand(&mut rng) as u8 | 1;
+                }
+                out
+            }
+            Fate::Sectors(mask) => {
+                let mut out = data.clone();
+                for (i, chunk) in out.chunks_mut(SECTOR).enumerate() {
+                    if mask >> (i % 64) & 1 == 0 {
+                        chunk.fill(0);
                     }
-                    6 => {
-                        // Arbitrary subset of sectors kept, others zeroed (size extended).
-                        let mut out = data.clone();
-                        for chunk in out.chunks_mut(SECTOR) {
-                            if next_rand(rng) % 2 == 0 {
-                                chunk.fill(0);
-                            }
-                        }
-                        out
-                    }
-                    _ => {
-                        // Garbage in a random sector.
-                        let mut out = data.clone();
-                        let sectors = out.len().div_ceil(SECTOR).max(1);
-                        let victim = (next_rand(rng) % sectors as u64) as usize;
-                        for b in out.chunks_mut(SECTOR).nth(victim).unwrap_or_default() {
-                            *b = next_rand(rng) as u8;
-                        }
-                        out
-                    }
-                };
-                apply(
-                    &mut image,
-                    &Pending::Write {
-                        offset: *offset,
-                        data,
-                    },
-                );
+                }
+                out
+            }
+        };
+        apply(
+            &mut image,
+            &Pending::Write {
+                offset: *offset,
+                data,
+            },
+        );
+    }
+    image
+}
+
+/// Builds the disk a power loss with `outcome` leaves behind.
+fn materialize(old: &SimState, outcome: &Outcome, seed: u64) -> SimVfs {
+    let mut entries = old.durable_dir.clone();
+    for op in old.pending_dir.iter().take(outcome.dir_ops_kept) {
+        match op {
+            DirOp::Link { dir, name, inode } => {
+                entries.insert(dir.join(name), *inode);
+            }
+            DirOp::Unlink { dir, name } => {
+                entries.remove(&dir.join(name));
             }
         }
     }
-    image
+    let images = old
+        .inodes
+        .iter()
+        .map(|(&id, inode)| {
+            let fates = outcome
+                .fates
+                .get(&id)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            (id, survivor_image(inode, fates, seed ^ id))
+        })
+        .collect();
+    rebuilt(old, entries, images, seed)
+}
+
+/// A fresh disk with the given directory entries and file images, everything durable.
+fn rebuilt(
+    old: &SimState,
+    entries: BTreeMap<PathBuf, InodeId>,
+    mut images: BTreeMap<InodeId, Vec<u8>>,
+    seed: u64,
+) -> SimVfs {
+    let live: BTreeSet<InodeId> = entries.values().copied().collect();
+    let inodes = live
+        .into_iter()
+        .map(|id| {
+            let bytes = images.remove(&id).unwrap_or_default();
+            (
+                id,
+                Inode {
+                    volatile: bytes.clone(),
+                    durable: bytes,
+                    ..Inode::default()
+                },
+            )
+        })
+        .collect();
+    let state = SimState {
+        alive: true,
+        rng: seed ^ 0x5EED,
+        dirs: old.dirs.clone(),
+        next_inode: old.next_inode,
+        volatile_dir: entries.clone(),
+        durable_dir: entries,
+        inodes,
+        ..SimState::default()
+    };
+    SimVfs {
+        state: Arc::new(Mutex::new(state)),
+    }
 }
 
 impl SimState {
