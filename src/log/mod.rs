@@ -218,8 +218,16 @@ impl Log {
 
     /// Makes everything written so far durable, whatever the policy. Shares the `fdatasync`
     /// with concurrent callers.
+    ///
+    /// Fails with [`Error::Poisoned`] once a write or sync has failed, even if nothing new
+    /// was written since: the failed data may never reach the disk, and a sync that reported
+    /// success would hide that.
     pub fn sync(&self) -> Result<()> {
-        let end = self.shared.lock_writer().end();
+        let end = {
+            let w = self.shared.lock_writer();
+            w.check_writable()?;
+            w.end()
+        };
         self.shared.wait_durable(end)
     }
 
