@@ -1,12 +1,13 @@
-//! Proves the durability contract under simulated power loss: with `FsyncPolicy::Always`,
-//! after a crash at a random moment (unsynced writes lost, torn or garbled, unsynced
-//! directory entries reverted) the reopened store holds every confirmed, unacked message
-//! with its payload, no confirmed ack comes back, nothing unpublished appears, and a second
-//! recovery gives the same result.
+//! Seeded simulation soak: random workloads under `FsyncPolicy::Always` on the simulated
+//! disk, with I/O faults injected at random (failed fdatasync, directory fsync or segment
+//! creation, failed or short writes) and the power cut (or the process killed) at a random
+//! file operation. After each crash the reopened store holds every confirmed, unacked
+//! message with its payload, no confirmed ack comes back, nothing unpublished appears,
+//! delivery counts never go backwards, and a second recovery gives the same result.
 //!
 //! Each case is driven by a seed; a failure prints it. Replay one case with
 //! `WALQ_SEED=<seed> cargo test --test power_loss_oracle -- --nocapture`, and run more cases
-//! with `WALQ_POWER_LOSS_CASES=<n>` (default 300).
+//! with `WALQ_POWER_LOSS_CASES=<n>` (default 600).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -205,19 +206,30 @@ fn run_case(seed: u64) -> Seen {
     {
         let store = Store::open_with_vfs(Arc::new(vfs.clone()), dir, options()).unwrap();
         // Cut the power after a random file operation (often mid-publish or mid-roll), and
-        // sometimes fail an fsync first: the store must then refuse further writes.
+        // sometimes inject an I/O fault first: the store must then refuse further writes.
         let mut plan = FaultPlan {
             halt_after_mutations: Some(1 + rng.below(250)),
             ..FaultPlan::default()
         };
-        if rng.below(4) == 0 {
-            plan.fail_sync_data = Some(1 + rng.below(30));
+        match rng.below(12) {
+            0..=2 => plan.fail_sync_data = Some(1 + rng.below(30)),
+            3 => plan.fail_write = Some(1 + rng.below(60)),
+            4 => plan.short_write = Some(1 + rng.below(60)),
+            5 => plan.fail_sync_dir = Some(1 + rng.below(3)),
+            6 => plan.fail_create = Some(1 + rng.below(3)),
+            _ => {}
         }
         vfs.set_faults(plan);
         let ops = 20 + rng.below(120) as usize;
         workload(&store, &mut rng, ops, &mut c);
     }
-    let crashed = vfs.crash(CrashMode::PowerLoss, seed.wrapping_mul(31));
+    // Mostly power loss; sometimes only the process dies (the page cache survives).
+    let mode = if rng.below(5) == 0 {
+        CrashMode::ProcessCrash
+    } else {
+        CrashMode::PowerLoss
+    };
+    let crashed = vfs.crash(mode, seed.wrapping_mul(31));
     let first = check(seed, &crashed.fork(), &c);
     let report = Store::open_with_vfs(Arc::new(crashed.fork()), dir, options())
         .unwrap()
@@ -258,7 +270,7 @@ fn power_loss_keeps_the_durability_contract() {
     let cases: u64 = std::env::var("WALQ_POWER_LOSS_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+        .unwrap_or(600);
     for seed in 0..cases {
         match std::panic::catch_unwind(|| run_case(seed)) {
             Ok(seen) => {
