@@ -64,6 +64,8 @@ pub enum Op {
     Reject,
     /// Drop the store and open it again (an unclean restart).
     Reopen,
+    /// `Store::sync`: everything before it becomes durable under every policy.
+    Sync,
 }
 
 /// Drives a store through operations, recording what it confirmed. Stops at the first error
@@ -74,6 +76,8 @@ pub struct Driver {
     pub options: StoreOptions,
     pub store: Option<Store>,
     pub confirmed: Confirmed,
+    /// What was confirmed when the last `Op::Sync` returned: durable under every policy.
+    pub synced: Confirmed,
     next_id: u64,
 }
 
@@ -91,6 +95,7 @@ impl Driver {
             options,
             store: Some(store),
             confirmed: Confirmed::default(),
+            synced: Confirmed::default(),
             next_id,
         })
     }
@@ -151,6 +156,13 @@ impl Driver {
                         self.confirmed.counts.insert(d.id.0, d.delivery_count);
                     }
                 }
+            }
+            Op::Sync => {
+                match &self.store {
+                    Some(store) => store.sync()?,
+                    None => return Err(Error::Closed),
+                }
+                self.synced = self.confirmed.clone();
             }
             Op::Reopen => {
                 self.store = None;
