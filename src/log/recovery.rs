@@ -103,6 +103,7 @@ pub(super) fn recover(
     let ids = list_segments(vfs, dir, &mut report)?;
     let mut segments = BTreeMap::new();
     let mut last_sealed = true;
+    // The id of the segment to create if the log ends on a seal: the one the seal names.
     let mut next_id = SegmentId(0);
     for (i, &id) in ids.iter().enumerate() {
         let is_last = i + 1 == ids.len();
@@ -110,7 +111,6 @@ pub(super) fn recover(
         let file = vfs
             .open(&path, true)
             .map_err(|e| Error::io("open segment", &path, e))?;
-        next_id = SegmentId(id.0 + 1);
         let (header, end) = {
             let len = file
                 .len()
@@ -132,7 +132,10 @@ pub(super) fn recover(
                     drop(view);
                     for &later in ids.get(i..).unwrap_or_default() {
                         report.quarantined.push(quarantine(vfs, dir, later)?);
-                        next_id = SegmentId(later.0 + 1);
+                        if i == 0 {
+                            // No sealed predecessor names a successor: start after them all.
+                            next_id = SegmentId(later.0 + 1);
+                        }
                     }
                     report.truncated = Some(Truncation {
                         segment: id,
@@ -168,8 +171,16 @@ pub(super) fn recover(
         };
         match end {
             ScanEnd::Sealed { seal, end, next } => {
+                if next <= id {
+                    return Err(Error::corruption(
+                        id,
+                        seal,
+                        format!("the seal names segment {next}, which is not after segment {id}"),
+                    ));
+                }
                 segments.insert(id, segment(end));
                 last_sealed = true;
+                next_id = next;
                 match ids.get(i + 1) {
                     Some(&found) if found != next => {
                         let why = format!(
@@ -181,7 +192,6 @@ pub(super) fn recover(
                         }
                         for &later in ids.get(i + 1..).unwrap_or_default() {
                             report.quarantined.push(quarantine(vfs, dir, later)?);
-                            next_id = SegmentId(later.0 + 1);
                         }
                         report.truncated = Some(Truncation {
                             segment: id,
@@ -205,7 +215,6 @@ pub(super) fn recover(
                     // successors: set them aside and make this one the last.
                     for &later in ids.get(i + 1..).unwrap_or_default() {
                         report.quarantined.push(quarantine(vfs, dir, later)?);
-                        next_id = SegmentId(later.0 + 1);
                     }
                     break;
                 }
