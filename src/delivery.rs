@@ -24,6 +24,35 @@ pub struct Delivery {
     pub delivery_count: u32,
     /// When the message was published (millisecond precision).
     pub published_at: SystemTime,
+    /// When it expires, if it has a time to live.
+    pub expires_at: Option<SystemTime>,
+    /// Set if the message was dead-lettered into this queue: why, and from where.
+    pub dead_letter: Option<DeadLetter>,
+}
+
+/// Why a message was dead-lettered (or, with no dead-letter queue, dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DeadLetterReason {
+    /// A consumer rejected it (nack without requeue).
+    Rejected,
+    /// Its time to live ran out before it was delivered.
+    Expired,
+    /// It came back after `max_deliveries` deliveries.
+    DeliveryLimit,
+    /// A publish to its full queue pushed it out (overflow `drop-head`).
+    Overflow,
+}
+
+/// Where a dead-lettered message came from. Its id is the id it was published with; the
+/// payload was never copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Why it was dead-lettered.
+    pub reason: DeadLetterReason,
+    /// The queue it was dead-lettered from (where [`Store::redrive`](crate::Store::redrive)
+    /// sends it back).
+    pub original_queue: Arc<str>,
 }
 
 pub(crate) fn time_from_ms(ms: u64) -> SystemTime {
@@ -35,8 +64,12 @@ pub(crate) fn time_from_ms(ms: u64) -> SystemTime {
 pub struct QueueStats {
     /// The queue's name.
     pub name: Arc<str>,
-    /// Messages waiting to be delivered.
+    /// Messages ready to be delivered now.
     pub ready: u64,
+    /// Messages waiting for a delay (delayed publish, or nack with a delay).
+    pub delayed: u64,
+    /// Payload bytes of the ready and delayed messages.
+    pub bytes: u64,
     /// Messages delivered and not yet acked or nacked.
     pub unacked: u64,
     /// Messages published to this queue whose records are still in the log (since it was
@@ -46,6 +79,13 @@ pub struct QueueStats {
     pub acked: u64,
     /// Messages rejected without requeue (same scope as `published`).
     pub rejected: u64,
+    /// Messages that expired before delivery (same scope as `published`).
+    pub expired: u64,
+    /// Messages moved to the dead-letter queue, for any reason.
+    pub dead_lettered: u64,
+    /// Messages discarded for lack of a dead-letter queue (rejected, expired, over the
+    /// delivery limit or pushed out by overflow).
+    pub dropped: u64,
 }
 
 /// Counters of a whole store, from [`Store::stats`](crate::Store::stats).

@@ -167,6 +167,49 @@ pub enum Error {
         name: String,
     },
 
+    /// A publish would take the queue over its `max_length` or `max_bytes` and the queue's
+    /// overflow policy is [`Overflow::RejectPublish`](crate::Overflow::RejectPublish).
+    /// Nothing was written; retry once consumers have caught up.
+    #[error("queue {queue:?} is full ({limit}); nothing was published")]
+    QueueFull {
+        /// The queue.
+        queue: String,
+        /// Which limit: `"max_length"` or `"max_bytes"`.
+        limit: &'static str,
+    },
+
+    /// The message is out with another consumer than the one that tried to settle it.
+    #[error("message {id} was not delivered to this consumer")]
+    WrongConsumer {
+        /// The id given.
+        id: MessageId,
+    },
+
+    /// A duration or point in time is out of range.
+    #[error("invalid {what}: {reason}")]
+    InvalidDuration {
+        /// Which duration.
+        what: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// Declaring the queue would make a message go round in circles between dead-letter
+    /// queues (a queue cannot dead-letter into itself, directly or through others).
+    #[error("queue {queue:?} would be its own dead-letter queue")]
+    DeadLetterCycle {
+        /// The queue being declared.
+        queue: String,
+    },
+
+    /// The queue exists with other options than the ones given. Declare it with the same
+    /// options, or use [`Store::queue`](crate::Store::queue) to open it as it is.
+    #[error("queue {queue:?} already exists with different options")]
+    QueueConfigMismatch {
+        /// The queue.
+        queue: String,
+    },
+
     /// An option is out of its documented range.
     #[error("invalid option: {0}")]
     InvalidOptions(String),

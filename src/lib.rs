@@ -12,9 +12,11 @@ pub mod io;
 pub mod log;
 mod options;
 mod queue;
+mod queue_options;
 mod store;
 
-pub use delivery::{Delivery, QueueStats, StoreStats};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use delivery::{DeadLetter, DeadLetterReason, Delivery, QueueStats, StoreStats};
 pub use error::{Error, Result};
 pub use ids::{MessageId, Position, SegmentId};
 pub use log::{RecoveryReport, Truncation};
@@ -22,4 +24,5 @@ pub use options::{
     FsyncPolicy, LogOptions, RecoveryMode, StoreOptions, DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_SEGMENT_SIZE, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE,
 };
-pub use store::{Queue, Store};
+pub use queue_options::{ConsumerOptions, Overflow, PublishOptions, QueueOptions};
+pub use store::{Consumer, Queue, Store};

@@ -43,7 +43,8 @@ fn small() -> StoreOptions {
 
 /// The largest payload a 64 KiB segment holds: the segment minus its 64-byte header, the
 /// 24-byte seal frame it reserves, a 16-byte frame header and the 32-byte publish header.
-const SMALL_SEGMENT_CAPACITY: u64 = MIN_SEGMENT_SIZE - 64 - 24 - 16 - 32;
+const SMALL_SEGMENT_CAPACITY: u64 =
+    MIN_SEGMENT_SIZE - 64 - 24 - 16 - walq::format::PUBLISH_HEADER_LEN as u64;
 
 // ---------------------------------------------------------------------------------------
 // Publishing.

@@ -171,7 +171,7 @@ fn bit_positions(f: &Frame) -> Vec<(&'static str, usize)> {
 #[test]
 fn bit_flips_after_clean_close_are_corruption_at_the_record() {
     let vfs = MemVfs::new();
-    // 45 payload bytes: 16 + 32 + 45 = 93 -> 96-byte frames with 3 bytes of padding.
+    // 45 payload bytes: 16 + 40 + 45 = 101 -> 104-byte frames with 3 bytes of padding.
     build(&vfs, opts(), 12, 45, true);
     let bytes = vfs.read_file(&seg_path(&dir(), 0)).expect("segment");
     let fr = frames(&bytes);

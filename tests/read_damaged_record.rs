@@ -64,7 +64,7 @@ fn a_huge_length_field_is_corruption_not_an_allocation() {
 #[test]
 fn a_flipped_payload_bit_is_corruption() {
     let (vfs, store, second) = setup();
-    let at = second as usize + FRAME_HEADER_LEN + 32; // first payload byte
+    let at = second as usize + FRAME_HEADER_LEN + walq::format::PUBLISH_HEADER_LEN; // first payload byte
     let mut bytes = vfs.read_file(Path::new(SEGMENT)).expect("segment");
     bytes[at] ^= 0x10;
     vfs.write_file(Path::new(SEGMENT), bytes);

@@ -242,7 +242,7 @@ impl<'a> Harness<'a> {
     fn count(&self, queue: Option<usize>, state: State) -> u64 {
         self.msgs
             .values()
-            .filter(|m| m.state == state && queue.map_or(true, |q| q == m.queue))
+            .filter(|m| m.state == state && queue.is_none_or(|q| q == m.queue))
             .count() as u64
     }
 

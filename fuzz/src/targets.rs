@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use walq::format::{
     decode_frame, encode_frame, frame_len, segment_file_name, AckBody, DeliverBody, Disposition,
-    FrameError, FrameHeader, PublishBody, PublishHeader, QueueDeclareBody, RecordFlags, RecordKind,
+    FrameError, FrameHeader, PublishBody, PublishHeader, QueueDeclareBody, QueueSettings, MoveBody, MoveReason, RecordFlags, RecordKind,
     RollbackBody, SealBody, SegmentHeader, FRAME_ALIGN, PUBLISH_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 use walq::io::{MemVfs, Vfs};
@@ -93,6 +93,7 @@ pub fn synth_segment(id: u64, script: &[u8]) -> Vec<u8> {
                 let q = u32::from(s.u8() % 4);
                 let body = QueueDeclareBody {
                     queue_id: q,
+                    settings: QueueSettings::default(),
                     name: format!("q{q}"),
                 }
                 .encode();
@@ -104,6 +105,7 @@ pub fn synth_segment(id: u64, script: &[u8]) -> Vec<u8> {
                     queue_id: u32::from(s.u8() % 4),
                     published_ms: 1_700_000_000_000,
                     expires_ms: 0,
+                    not_before_ms: 0,
                 };
                 let n = usize::from(s.u8() % 32);
                 let mut body = header.encode().to_vec();
@@ -119,14 +121,15 @@ pub fn synth_segment(id: u64, script: &[u8]) -> Vec<u8> {
                 (RecordKind::Ack.code(), body)
             }
             3 => {
+                let id = u64::from(s.u8());
+                let delivery_count = u32::from(s.u8());
+                let how = s.u8();
+                let requeue = how % 3 == 0;
                 let body = RollbackBody {
-                    id: u64::from(s.u8()),
-                    delivery_count: u32::from(s.u8()),
-                    disposition: match s.u8() % 3 {
-                        0 => Disposition::Requeue,
-                        1 => Disposition::DeadLetter,
-                        _ => Disposition::Drop,
-                    },
+                    id,
+                    delivery_count,
+                    disposition: if requeue { Disposition::Requeue } else { Disposition::Drop },
+                    reason: if requeue { None } else { MoveReason::from_u8(1 + how % 4) },
                     not_before_ms: 0,
                 };
                 (RecordKind::Rollback.code(), body.encode().to_vec())
@@ -223,6 +226,11 @@ fn check_body(kind: u8, body: &[u8]) {
         Some(RecordKind::Deliver) => {
             if let Ok(deliver) = DeliverBody::decode(body) {
                 assert_eq!(deliver.encode()[..], body[..], "deliver round trip");
+            }
+        }
+        Some(RecordKind::Move) => {
+            if let Ok(moved) = MoveBody::decode(body) {
+                assert_eq!(moved.encode()[..], body[..], "move round trip");
             }
         }
     }

@@ -15,8 +15,9 @@ pub use frame::{
     FRAME_ALIGN, FRAME_HEADER_LEN, MAX_BODY_LEN, MAX_FRAME_LEN,
 };
 pub use records::{
-    AckBody, DeliverBody, Disposition, PublishBody, PublishHeader, QueueDeclareBody, RecordKind,
-    RollbackBody, SealBody, MAX_ACK_RANGES, MAX_QUEUE_NAME_LEN, PUBLISH_HEADER_LEN,
+    AckBody, DeliverBody, Disposition, MoveBody, MoveReason, PublishBody, PublishHeader,
+    QueueDeclareBody, QueueSettings, RecordKind, RollbackBody, SealBody, MAX_ACK_RANGES,
+    MAX_QUEUE_NAME_LEN, NO_QUEUE, PUBLISH_HEADER_LEN,
 };
 pub use segment_header::{
     parse_segment_file_name, segment_file_name, SegmentHeader, SegmentHeaderError, FORMAT_VERSION,

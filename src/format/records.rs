@@ -23,6 +23,8 @@ pub enum RecordKind {
     Rollback = 19,
     /// Store: a message was handed to a consumer (a buffered hint, see the format spec).
     Deliver = 20,
+    /// Store: a message moved to another queue (dead-lettered, or redriven back).
+    Move = 21,
 }
 
 impl RecordKind {
@@ -37,6 +39,7 @@ impl RecordKind {
             18 => RecordKind::Ack,
             19 => RecordKind::Rollback,
             20 => RecordKind::Deliver,
+            21 => RecordKind::Move,
             _ => return None,
         })
     }
@@ -82,52 +85,114 @@ impl SealBody {
 /// Longest queue name, in bytes of UTF-8.
 pub const MAX_QUEUE_NAME_LEN: usize = 255;
 
+/// The settings a queue is declared with, as stored. Zero means "not set" for every limit
+/// and duration; `dead_letter_queue` is [`NO_QUEUE`] when there is none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueSettings {
+    /// Ack timeout (lease) in milliseconds.
+    pub ack_timeout_ms: u64,
+    /// Default time to live of its messages, in milliseconds.
+    pub message_ttl_ms: u64,
+    /// Deliveries after which a message is dead-lettered instead of requeued.
+    pub max_deliveries: u32,
+    /// The queue id of its dead-letter queue, or [`NO_QUEUE`].
+    pub dead_letter_queue: u32,
+    /// Most messages waiting (ready or delayed).
+    pub max_length: u64,
+    /// Most payload bytes waiting.
+    pub max_bytes: u64,
+    /// What a publish over a limit does: 0 drops the oldest waiting message, 1 rejects the
+    /// publish.
+    pub overflow: u8,
+}
+
+/// "No queue", in a queue-id field.
+pub const NO_QUEUE: u32 = u32::MAX;
+
+impl Default for QueueSettings {
+    /// No limits and no dead-letter queue.
+    fn default() -> Self {
+        QueueSettings {
+            ack_timeout_ms: 0,
+            message_ttl_ms: 0,
+            max_deliveries: 0,
+            dead_letter_queue: NO_QUEUE,
+            max_length: 0,
+            max_bytes: 0,
+            overflow: 0,
+        }
+    }
+}
+
 /// Body of a [`RecordKind::QueueDeclare`] record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueDeclareBody {
-    /// The store-local queue number that publish records refer to.
+    /// The store-local queue number that other records refer to.
     pub queue_id: u32,
+    /// The queue's settings.
+    pub settings: QueueSettings,
     /// The queue's name: 1 to [`MAX_QUEUE_NAME_LEN`] bytes of UTF-8.
     pub name: String,
 }
 
 impl QueueDeclareBody {
-    const FIXED: usize = 8;
+    const FIXED: usize = 56;
 
     /// Encodes the body. The caller has validated the name's length.
     #[must_use]
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(Self::FIXED + self.name.len());
-        out.extend_from_slice(&self.queue_id.to_le_bytes());
-        out.extend_from_slice(&(self.name.len() as u16).to_le_bytes());
-        out.extend_from_slice(&[0, 0]);
-        out.extend_from_slice(self.name.as_bytes());
-        out
+        let mut b = vec![0u8; Self::FIXED];
+        let s = &self.settings;
+        LE::write_u32(&mut b[0..4], self.queue_id);
+        LE::write_u16(&mut b[4..6], self.name.len() as u16);
+        LE::write_u64(&mut b[8..16], s.ack_timeout_ms);
+        LE::write_u64(&mut b[16..24], s.message_ttl_ms);
+        LE::write_u32(&mut b[24..28], s.max_deliveries);
+        LE::write_u32(&mut b[28..32], s.dead_letter_queue);
+        LE::write_u64(&mut b[32..40], s.max_length);
+        LE::write_u64(&mut b[40..48], s.max_bytes);
+        b[48] = s.overflow;
+        b.extend_from_slice(self.name.as_bytes());
+        b
     }
 
     /// Decodes the body.
     pub fn decode(body: &[u8]) -> Result<QueueDeclareBody, &'static str> {
-        let fixed = body
+        let b: &[u8; Self::FIXED] = body
             .get(..Self::FIXED)
+            .and_then(|f| f.try_into().ok())
             .ok_or("queue declaration too short")?;
-        let name_len = usize::from(LE::read_u16(&fixed[4..6]));
-        if fixed[6..8] != [0, 0] {
+        let name_len = usize::from(LE::read_u16(&b[4..6]));
+        if b[6..8] != [0, 0] || b[49..56] != [0; 7] {
             return Err("non-zero reserved bytes in queue declaration");
         }
         if name_len == 0 || name_len > MAX_QUEUE_NAME_LEN || body.len() != Self::FIXED + name_len {
             return Err("bad queue name length");
         }
+        if b[48] > 1 {
+            return Err("unknown overflow policy");
+        }
         let name = std::str::from_utf8(body.get(Self::FIXED..).unwrap_or_default())
             .map_err(|_| "queue name is not UTF-8")?;
+        let settings = QueueSettings {
+            ack_timeout_ms: LE::read_u64(&b[8..16]),
+            message_ttl_ms: LE::read_u64(&b[16..24]),
+            max_deliveries: LE::read_u32(&b[24..28]),
+            dead_letter_queue: LE::read_u32(&b[28..32]),
+            max_length: LE::read_u64(&b[32..40]),
+            max_bytes: LE::read_u64(&b[40..48]),
+            overflow: b[48],
+        };
         Ok(QueueDeclareBody {
-            queue_id: LE::read_u32(&fixed[0..4]),
+            queue_id: LE::read_u32(&b[0..4]),
+            settings,
             name: name.to_owned(),
         })
     }
 }
 
 /// Size of the fixed part of a publish body; the payload follows it.
-pub const PUBLISH_HEADER_LEN: usize = 32;
+pub const PUBLISH_HEADER_LEN: usize = 40;
 
 /// The fixed fields of a [`RecordKind::Publish`] record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +205,9 @@ pub struct PublishHeader {
     pub published_ms: u64,
     /// When it expires, milliseconds since the Unix epoch; 0 for never.
     pub expires_ms: u64,
+    /// Not to be delivered before this time, milliseconds since the Unix epoch; 0 for no
+    /// delay.
+    pub not_before_ms: u64,
 }
 
 /// A decoded [`RecordKind::Publish`] body.
@@ -161,6 +229,7 @@ impl PublishHeader {
         // b[12..16]: message flags, none defined in this version.
         LE::write_u64(&mut b[16..24], self.published_ms);
         LE::write_u64(&mut b[24..32], self.expires_ms);
+        LE::write_u64(&mut b[32..40], self.not_before_ms);
         b
     }
 }
@@ -180,6 +249,7 @@ impl<'a> PublishBody<'a> {
                 queue_id: LE::read_u32(&fixed[8..12]),
                 published_ms: LE::read_u64(&fixed[16..24]),
                 expires_ms: LE::read_u64(&fixed[24..32]),
+                not_before_ms: LE::read_u64(&fixed[32..40]),
             },
             payload: body.get(PUBLISH_HEADER_LEN..).unwrap_or_default(),
         })
@@ -241,11 +311,10 @@ impl AckBody {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Disposition {
-    /// Put back in its queue, ahead of never-delivered messages.
+    /// Put back in its queue, ahead of never-delivered messages (after `not_before_ms`).
     Requeue = 1,
-    /// Moved to the queue's dead-letter queue.
-    DeadLetter = 2,
-    /// Dropped (rejected without requeue and without a dead-letter queue).
+    /// Discarded: rejected, expired, over its delivery limit or pushed out by an overflow,
+    /// with no dead-letter queue to move it to (a move is a [`RecordKind::Move`]).
     Drop = 3,
 }
 
@@ -258,6 +327,8 @@ pub struct RollbackBody {
     pub delivery_count: u32,
     /// What happened to it.
     pub disposition: Disposition,
+    /// Why it was dropped (`None` for a requeue).
+    pub reason: Option<MoveReason>,
     /// Not to be delivered again before this time (ms since the epoch); 0 for no delay.
     pub not_before_ms: u64,
 }
@@ -273,6 +344,7 @@ impl RollbackBody {
         LE::write_u64(&mut b[0..8], self.id);
         LE::write_u32(&mut b[8..12], self.delivery_count);
         b[12] = self.disposition as u8;
+        b[13] = self.reason.map_or(0, |r| r as u8);
         LE::write_u64(&mut b[16..24], self.not_before_ms);
         b
     }
@@ -282,17 +354,26 @@ impl RollbackBody {
         let b = exact::<{ Self::LEN }>(body)?;
         let disposition = match b[12] {
             1 => Disposition::Requeue,
-            2 => Disposition::DeadLetter,
             3 => Disposition::Drop,
             _ => return Err("unknown rollback disposition"),
         };
-        if b[13..16] != [0; 3] {
+        if b[14..16] != [0; 2] {
             return Err("non-zero reserved bytes in rollback record");
         }
+        let reason = match (disposition, b[13]) {
+            (Disposition::Requeue, 0) => None,
+            (Disposition::Drop, code) => Some(
+                MoveReason::from_u8(code)
+                    .filter(|r| *r != MoveReason::Redrive)
+                    .ok_or("bad drop reason")?,
+            ),
+            _ => return Err("a requeue has no reason"),
+        };
         Ok(RollbackBody {
             id: LE::read_u64(&b[0..8]),
             delivery_count: LE::read_u32(&b[8..12]),
             disposition,
+            reason,
             not_before_ms: LE::read_u64(&b[16..24]),
         })
     }
@@ -333,14 +414,96 @@ impl DeliverBody {
     }
 }
 
+/// Why a message moved between queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum MoveReason {
+    /// Rejected by a consumer (nack without requeue).
+    Rejected = 1,
+    /// Its time to live ran out.
+    Expired = 2,
+    /// It reached its queue's delivery limit.
+    DeliveryLimit = 3,
+    /// Pushed out of a full queue (overflow `drop-head`).
+    Overflow = 4,
+    /// Moved back from a dead-letter queue to the queue it came from.
+    Redrive = 5,
+}
+
+impl MoveReason {
+    /// The reason with this code, if defined.
+    #[must_use]
+    pub fn from_u8(code: u8) -> Option<MoveReason> {
+        Some(match code {
+            1 => MoveReason::Rejected,
+            2 => MoveReason::Expired,
+            3 => MoveReason::DeliveryLimit,
+            4 => MoveReason::Overflow,
+            5 => MoveReason::Redrive,
+            _ => return None,
+        })
+    }
+}
+
+/// Body of a [`RecordKind::Move`] record. The message keeps its id and its publish record
+/// (the payload is never copied); only the queue it belongs to changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoveBody {
+    /// The message moved.
+    pub id: u64,
+    /// The queue it moves to.
+    pub to_queue: u32,
+    /// Why.
+    pub reason: MoveReason,
+}
+
+impl MoveBody {
+    /// Encoded size.
+    pub const LEN: usize = 16;
+
+    /// Encodes the body.
+    #[must_use]
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        LE::write_u64(&mut b[0..8], self.id);
+        LE::write_u32(&mut b[8..12], self.to_queue);
+        b[12] = self.reason as u8;
+        b
+    }
+
+    /// Decodes the body.
+    pub fn decode(body: &[u8]) -> Result<MoveBody, &'static str> {
+        let b = exact::<{ Self::LEN }>(body)?;
+        let reason = MoveReason::from_u8(b[12]).ok_or("unknown move reason")?;
+        if b[13..16] != [0; 3] {
+            return Err("non-zero reserved bytes in move record");
+        }
+        Ok(MoveBody {
+            id: LE::read_u64(&b[0..8]),
+            to_queue: LE::read_u32(&b[8..12]),
+            reason,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn bodies_round_trip() {
+        let settings = QueueSettings {
+            ack_timeout_ms: 1,
+            message_ttl_ms: 2,
+            max_deliveries: 3,
+            dead_letter_queue: 4,
+            max_length: 5,
+            max_bytes: 6,
+            overflow: 1,
+        };
         let d = QueueDeclareBody {
             queue_id: 3,
+            settings,
             name: "jobs".into(),
         };
         assert_eq!(QueueDeclareBody::decode(&d.encode()), Ok(d));
@@ -352,6 +515,7 @@ mod tests {
             id: 9,
             delivery_count: 2,
             disposition: Disposition::Requeue,
+            reason: None,
             not_before_ms: 77,
         };
         assert_eq!(RollbackBody::decode(&r.encode()), Ok(r));
@@ -367,7 +531,14 @@ mod tests {
             queue_id: 2,
             published_ms: 3,
             expires_ms: 4,
+            not_before_ms: 5,
         };
+        let m = MoveBody {
+            id: 9,
+            to_queue: 2,
+            reason: MoveReason::Expired,
+        };
+        assert_eq!(MoveBody::decode(&m.encode()), Ok(m));
         let mut p = h.encode().to_vec();
         p.extend_from_slice(b"payload");
         assert_eq!(

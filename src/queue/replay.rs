@@ -1,16 +1,17 @@
 //! Rebuilding the queue state from the records recovery hands over, in log order.
 //!
-//! Every record is checked against what came before it: publish ids must be dense, acks and
-//! rollbacks must name published messages, queue ids must be declared. A violation is
+//! Every record is checked against what came before it: publish ids must be dense, settle and
+//! move records must name published messages, queue ids must be declared. A violation is
 //! corruption at that record's position; a checksum-valid record that breaks these rules
 //! means the log is not what walq wrote.
 
 use std::sync::Arc;
 
-use super::{MsgState, QueueState, State};
+use super::{MsgState, Origin, QueueState, State};
 use crate::error::{Error, Result};
 use crate::format::{
-    AckBody, DeliverBody, Disposition, PublishBody, QueueDeclareBody, RecordKind, RollbackBody,
+    AckBody, DeliverBody, Disposition, MoveBody, MoveReason, PublishBody, QueueDeclareBody,
+    RecordKind, RollbackBody, NO_QUEUE,
 };
 use crate::ids::{MessageId, Position, QueueId};
 use crate::log::RecoveredRecord;
@@ -38,6 +39,7 @@ impl Replayer {
             RecordKind::Ack => self.ack(pos, rec.body),
             RecordKind::Rollback => self.rollback(pos, rec.body),
             RecordKind::Deliver => self.deliver(pos, rec.body),
+            RecordKind::Move => self.relocate(pos, rec.body),
             RecordKind::Seal | RecordKind::Commit => Ok(()),
         }
     }
@@ -54,55 +56,84 @@ impl Replayer {
                 ),
             ));
         }
+        let dlq = decl.settings.dead_letter_queue;
+        if dlq != NO_QUEUE && dlq >= expected {
+            return Err(corrupt(
+                pos,
+                format!("dead-letter queue {dlq} is not declared before queue {expected}"),
+            ));
+        }
         let name: Arc<str> = decl.name.into();
         if self.state.by_name.contains_key(&name) {
             return Err(corrupt(pos, format!("queue {name:?} declared twice")));
         }
-        let id = QueueId(decl.queue_id);
-        self.state.by_name.insert(Arc::clone(&name), id);
-        self.state.queues.push(QueueState::new(name));
+        self.state
+            .by_name
+            .insert(Arc::clone(&name), QueueId(decl.queue_id));
+        self.state.queues.push(QueueState::new(name, decl.settings));
         Ok(())
     }
 
     fn publish(&mut self, pos: Position, body: &[u8]) -> Result<()> {
         let publish = PublishBody::decode(body).map_err(|e| corrupt(pos, e))?;
-        let id = publish.header.id;
+        let header = publish.header;
         if !self.seen_publish {
             // The oldest surviving publish fixes where ids start (later, once compaction
             // deletes whole segments, this need not be 0).
-            self.state.table = super::MessageTable::starting_at(id);
+            self.state.table = super::MessageTable::starting_at(header.id);
             self.seen_publish = true;
         }
         let expected = self.state.table.next_id();
-        if id != expected {
-            return Err(corrupt(pos, format!("message id {id} where {expected} was expected (a record or segment is missing)")));
+        if header.id != expected {
+            return Err(corrupt(
+                pos,
+                format!(
+                    "message id {} where {expected} was expected (a record or segment is missing)",
+                    header.id
+                ),
+            ));
         }
-        let queue = QueueId(publish.header.queue_id);
+        let queue = QueueId(header.queue_id);
         let q = self
             .state
             .queue_mut(queue)
             .ok_or_else(|| corrupt(pos, format!("publish to undeclared queue {}", queue.0)))?;
-        q.published += 1;
-        self.state.table.push(pos, queue, MsgState::Ready);
+        q.counters.published += 1;
+        let id = MessageId(header.id);
+        self.state
+            .table
+            .push(pos, queue, publish.payload.len(), MsgState::Ready);
+        if header.expires_ms != 0 {
+            self.state.expiries.insert(id, header.expires_ms);
+        }
+        if header.not_before_ms != 0 {
+            self.state.delays.insert(id, header.not_before_ms);
+        }
         Ok(())
     }
 
-    /// Looks up a message a settle record refers to; `None` if it is already settled.
-    fn settle_target(&mut self, pos: Position, id: u64) -> Result<Option<(QueueId, MsgState)>> {
+    /// The queue and state of the message a record refers to; `None` if already settled.
+    fn target(&mut self, pos: Position, id: u64) -> Result<Option<(QueueId, MsgState)>> {
         match self.state.table.lookup(MessageId(id)) {
             super::Lookup::Settled => Ok(None),
             super::Lookup::Unknown => Err(corrupt(
                 pos,
                 format!("record refers to message {id}, which was never published"),
             )),
+            super::Lookup::Live(slot) if slot.state.is_settled() => Ok(None),
             super::Lookup::Live(slot) => Ok(Some((slot.queue, slot.state))),
         }
     }
 
-    fn set_state(&mut self, id: u64, state: MsgState) {
-        if let Some(slot) = self.state.table.get_mut(MessageId(id)) {
+    /// Forgets everything about a message that leaves the table.
+    fn forget(&mut self, id: MessageId, state: MsgState) {
+        if let Some(slot) = self.state.table.get_mut(id) {
             slot.state = state;
         }
+        self.state.deliveries.remove(&id);
+        self.state.expiries.remove(&id);
+        self.state.delays.remove(&id);
+        self.state.origins.remove(&id);
     }
 
     fn ack(&mut self, pos: Position, body: &[u8]) -> Result<()> {
@@ -115,14 +146,11 @@ impl Replayer {
                 ));
             }
             for id in first..=last {
-                if let Some((queue, state)) = self.settle_target(pos, id)? {
-                    if !state.is_settled() {
-                        self.set_state(id, MsgState::Acked);
-                        self.state.deliveries.remove(&MessageId(id));
-                        self.state.acked_total += 1;
-                        if let Some(q) = self.state.queue_mut(queue) {
-                            q.acked += 1;
-                        }
+                if let Some((queue, _)) = self.target(pos, id)? {
+                    self.forget(MessageId(id), MsgState::Acked);
+                    self.state.acked_total += 1;
+                    if let Some(q) = self.state.queue_mut(queue) {
+                        q.counters.acked += 1;
                     }
                 }
             }
@@ -131,26 +159,44 @@ impl Replayer {
         Ok(())
     }
 
+    fn count_fate(&mut self, queue: QueueId, reason: MoveReason, dead_lettered: bool) {
+        if reason == MoveReason::Rejected {
+            self.state.rejected_total += 1;
+        }
+        if let Some(q) = self.state.queue_mut(queue) {
+            let c = &mut q.counters;
+            match reason {
+                MoveReason::Rejected => c.rejected += 1,
+                MoveReason::Expired => c.expired += 1,
+                MoveReason::DeliveryLimit | MoveReason::Overflow | MoveReason::Redrive => {}
+            }
+            if dead_lettered {
+                c.dead_lettered += 1;
+            } else {
+                c.dropped += 1;
+            }
+        }
+    }
+
     fn rollback(&mut self, pos: Position, body: &[u8]) -> Result<()> {
         let rb = RollbackBody::decode(body).map_err(|e| corrupt(pos, e))?;
-        let Some((queue, state)) = self.settle_target(pos, rb.id)? else {
+        let Some((queue, _)) = self.target(pos, rb.id)? else {
             return Ok(());
         };
-        if state.is_settled() {
-            return Ok(());
-        }
+        let id = MessageId(rb.id);
         match rb.disposition {
             Disposition::Requeue => {
-                let count = self.state.deliveries.entry(MessageId(rb.id)).or_insert(0);
+                let count = self.state.deliveries.entry(id).or_insert(0);
                 *count = (*count).max(rb.delivery_count);
-            }
-            Disposition::Drop | Disposition::DeadLetter => {
-                self.set_state(rb.id, MsgState::Dropped);
-                self.state.deliveries.remove(&MessageId(rb.id));
-                self.state.rejected_total += 1;
-                if let Some(q) = self.state.queue_mut(queue) {
-                    q.rejected += 1;
+                if rb.not_before_ms != 0 {
+                    self.state.delays.insert(id, rb.not_before_ms);
+                } else {
+                    self.state.delays.remove(&id);
                 }
+            }
+            Disposition::Drop => {
+                self.forget(id, MsgState::Dropped);
+                self.count_fate(queue, rb.reason.unwrap_or(MoveReason::Rejected), false);
                 self.state.table.prune();
             }
         }
@@ -159,34 +205,66 @@ impl Replayer {
 
     fn deliver(&mut self, pos: Position, body: &[u8]) -> Result<()> {
         let d = DeliverBody::decode(body).map_err(|e| corrupt(pos, e))?;
-        if let Some((_, state)) = self.settle_target(pos, d.id)? {
-            if !state.is_settled() {
-                let count = self.state.deliveries.entry(MessageId(d.id)).or_insert(0);
-                *count = (*count).max(d.delivery_count);
-            }
+        if self.target(pos, d.id)?.is_some() {
+            let count = self.state.deliveries.entry(MessageId(d.id)).or_insert(0);
+            *count = (*count).max(d.delivery_count);
         }
         Ok(())
     }
 
-    /// Builds the ready queues: messages delivered before (in flight at the crash, or
-    /// requeued) are served first, then the rest in publish order.
-    pub(crate) fn finish(mut self) -> State {
-        let State {
-            queues,
-            table,
-            deliveries,
-            ..
-        } = &mut self.state;
-        for (id, slot) in table.iter() {
-            if slot.state != MsgState::Ready {
-                continue;
-            }
-            if let Some(q) = queues.get_mut(slot.queue.0 as usize) {
-                if deliveries.contains_key(&id) {
-                    q.requeued.insert(id);
-                } else {
-                    q.ready.push_back(id);
-                }
+    fn relocate(&mut self, pos: Position, body: &[u8]) -> Result<()> {
+        let mv = MoveBody::decode(body).map_err(|e| corrupt(pos, e))?;
+        if self.state.queue(QueueId(mv.to_queue)).is_none() {
+            return Err(corrupt(
+                pos,
+                format!("move to undeclared queue {}", mv.to_queue),
+            ));
+        }
+        let Some((from, _)) = self.target(pos, mv.id)? else {
+            return Ok(());
+        };
+        let id = MessageId(mv.id);
+        // A moved message starts afresh in its new queue: no delivery count, no delay, no
+        // expiry (a queue's TTL applies from publication, in the queue published to).
+        self.state.deliveries.remove(&id);
+        self.state.expiries.remove(&id);
+        self.state.delays.remove(&id);
+        if let Some(slot) = self.state.table.get_mut(id) {
+            slot.queue = QueueId(mv.to_queue);
+        }
+        if mv.reason == MoveReason::Redrive {
+            self.state.origins.remove(&id);
+        } else {
+            self.state.origins.insert(
+                id,
+                Origin {
+                    queue: from,
+                    reason: mv.reason,
+                },
+            );
+            self.count_fate(from, mv.reason, true);
+        }
+        Ok(())
+    }
+
+    /// Builds the waiting structures at time `now`: every unsettled message is waiting again
+    /// (delayed if its delay is still running); messages delivered before are served first,
+    /// then the rest in publish order. Timers that are already due fire on first use.
+    pub(crate) fn finish(mut self, now: u64) -> State {
+        let delays = std::mem::take(&mut self.state.delays);
+        let expiries = std::mem::take(&mut self.state.expiries);
+        let live: Vec<(MessageId, QueueId)> = self
+            .state
+            .table
+            .iter()
+            .filter(|(_, slot)| slot.state == MsgState::Ready)
+            .map(|(id, slot)| (id, slot.queue))
+            .collect();
+        for (id, queue) in live {
+            self.state
+                .enqueue(id, queue, now, delays.get(&id).copied().unwrap_or(0));
+            if let Some(&at) = expiries.get(&id) {
+                self.state.set_expiry(id, queue, at);
             }
         }
         self.state

@@ -1,50 +1,87 @@
-//! The state of one queue: which messages are ready, in what order, and its counters.
+//! The state of one queue: its settings, which messages are waiting and in what order, its
+//! timers and its counters.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Condvar};
 
-use crate::ids::MessageId;
+use crate::format::{QueueSettings, NO_QUEUE};
+use crate::ids::{MessageId, QueueId};
 
 /// One queue. Lives inside the store's state mutex.
 #[derive(Debug)]
 pub(crate) struct QueueState {
     pub(crate) name: Arc<str>,
-    /// Never-delivered ready messages, in publish order.
+    pub(crate) settings: QueueSettings,
+    /// Never-delivered ready messages in id (= publish) order. Entries are removed lazily:
+    /// an entry whose message is no longer ready in this queue is skipped when popped.
     pub(crate) ready: VecDeque<MessageId>,
-    /// Ready messages that were delivered before (requeued, or out with a consumer at a
-    /// crash); served first, oldest id first.
+    /// Ready messages that were delivered before (requeued, lease expired, or out with a
+    /// consumer at a crash); served first, oldest id first.
     pub(crate) requeued: BTreeSet<MessageId>,
-    /// Woken when a message becomes ready or the store closes.
+    /// Messages waiting for their delay, by due time.
+    pub(crate) delayed: BTreeSet<(u64, MessageId)>,
+    /// Messages with an expiry, by expiry time (waiting or out with a consumer).
+    pub(crate) expiry: BTreeSet<(u64, MessageId)>,
+    /// Deliveries with a lease, by deadline.
+    pub(crate) leases: BTreeSet<(u64, MessageId)>,
+    /// Ready (not delayed) messages.
+    pub(crate) ready_count: u64,
+    /// Payload bytes of waiting (ready or delayed) messages.
+    pub(crate) waiting_bytes: u64,
+    /// Messages written by a publish that has not returned yet (they count toward the
+    /// limits so that concurrent publishers cannot overshoot them).
+    pub(crate) pending: u64,
+    /// Their payload bytes.
+    pub(crate) pending_bytes: u64,
+    /// Blocked receivers in arrival order (fair dispatch): only the first may take a message.
+    pub(crate) tickets: VecDeque<u64>,
+    /// Woken when a message becomes ready, a lease or delay may fire, or the store closes.
     pub(crate) available: Arc<Condvar>,
+    pub(crate) counters: Counters,
+}
+
+/// What happened in a queue, counted since the records still in the log.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Counters {
     pub(crate) unacked: u64,
     pub(crate) published: u64,
     pub(crate) acked: u64,
     pub(crate) rejected: u64,
+    pub(crate) expired: u64,
+    pub(crate) dead_lettered: u64,
+    pub(crate) dropped: u64,
 }
 
 impl QueueState {
-    pub(crate) fn new(name: Arc<str>) -> Self {
+    pub(crate) fn new(name: Arc<str>, settings: QueueSettings) -> Self {
         QueueState {
             name,
+            settings,
             ready: VecDeque::new(),
             requeued: BTreeSet::new(),
+            delayed: BTreeSet::new(),
+            expiry: BTreeSet::new(),
+            leases: BTreeSet::new(),
+            ready_count: 0,
+            waiting_bytes: 0,
+            pending: 0,
+            pending_bytes: 0,
+            tickets: VecDeque::new(),
             available: Arc::new(Condvar::new()),
-            unacked: 0,
-            published: 0,
-            acked: 0,
-            rejected: 0,
+            counters: Counters::default(),
         }
     }
 
-    /// The next message to deliver: requeued ones first, then publish order.
-    pub(crate) fn pop_next(&mut self) -> Option<MessageId> {
-        self.requeued.pop_first().or_else(|| self.ready.pop_front())
+    /// The dead-letter queue, if any.
+    pub(crate) fn dead_letter_queue(&self) -> Option<QueueId> {
+        (self.settings.dead_letter_queue != NO_QUEUE)
+            .then_some(QueueId(self.settings.dead_letter_queue))
     }
 
-    /// Adds a newly published message in id order. Concurrent publishers confirm out of
-    /// order now and then; inserting by id keeps live delivery order equal to log order
-    /// (and so to the order after a reopen). Cost: O(1) when ids arrive in order, else the
-    /// number of later ids already queued.
+    /// Adds a never-delivered message in id order. Concurrent publishers confirm out of
+    /// order now and then; inserting by id keeps live delivery order equal to log order (and
+    /// so to the order after a reopen). Cost: O(1) when ids arrive in order, else the number
+    /// of later ids already queued.
     pub(crate) fn insert_ready(&mut self, id: MessageId) {
         let at = self
             .ready
@@ -54,16 +91,21 @@ impl QueueState {
         self.ready.insert(at, id);
     }
 
-    /// Puts a message back at the front of the delivery order it belongs to.
-    pub(crate) fn push_back_undelivered(&mut self, id: MessageId, delivered_before: bool) {
-        if delivered_before {
-            self.requeued.insert(id);
-        } else {
-            self.ready.push_front(id);
-        }
+    /// Messages waiting: ready or delayed.
+    pub(crate) fn waiting(&self) -> u64 {
+        self.ready_count + self.delayed.len() as u64
     }
 
-    pub(crate) fn ready_len(&self) -> u64 {
-        (self.ready.len() + self.requeued.len()) as u64
+    /// The earliest time a timer of this queue fires, if any.
+    pub(crate) fn next_timer(&self) -> Option<u64> {
+        [
+            self.delayed.first(),
+            self.expiry.first(),
+            self.leases.first(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|&(at, _)| at)
+        .min()
     }
 }

@@ -36,7 +36,10 @@ impl MsgState {
 pub(crate) struct Slot {
     pub(crate) segment: u64,
     pub(crate) offset: u32,
+    /// The queue it is in now (dead-lettering and redrive move it).
     pub(crate) queue: QueueId,
+    /// Payload length, for `max_bytes`.
+    pub(crate) len: u32,
     pub(crate) state: MsgState,
 }
 
@@ -83,15 +86,23 @@ impl MessageTable {
     }
 
     /// Appends the entry of message `next_id()`.
-    pub(crate) fn push(&mut self, pos: Position, queue: QueueId, state: MsgState) {
-        // Offsets are below the 1 GiB segment limit.
+    pub(crate) fn push(&mut self, pos: Position, queue: QueueId, len: usize, state: MsgState) {
+        // Offsets and payloads are below the 1 GiB segment limit.
         let offset = u32::try_from(pos.offset).unwrap_or(u32::MAX);
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
         self.slots.push_back(Slot {
             segment: pos.segment.0,
             offset,
             queue,
+            len,
             state,
         });
+    }
+
+    /// The slot of `id`, if live.
+    pub(crate) fn get(&self, id: MessageId) -> Option<&Slot> {
+        let index = id.0.checked_sub(self.base)?;
+        self.slots.get(usize::try_from(index).ok()?)
     }
 
     pub(crate) fn lookup(&mut self, id: MessageId) -> Lookup<'_> {

@@ -1,0 +1,128 @@
+//! Publishing: id assignment, overflow, the publish records, and making messages wait.
+
+use super::{lock, wake, Store};
+use crate::error::{Error, Result};
+use crate::format::{PublishHeader, RecordKind, PUBLISH_HEADER_LEN};
+use crate::ids::{MessageId, QueueId};
+use crate::log::Record;
+use crate::queue::MsgState;
+use crate::queue_options::PublishOptions;
+
+impl Store {
+    /// Publishes `payloads` to queue `q` as one atomic group and returns their ids.
+    ///
+    /// Under the publish lock (so ids follow log order): fire due timers, make room under
+    /// the queue's limits (overflow records go in the same group, so a crash keeps both or
+    /// neither), write the group. Then, outside every lock, wait for durability as the fsync
+    /// policy says (this is where group commit happens), and only then make the messages
+    /// deliverable.
+    pub(super) fn publish_many(
+        &self,
+        q: QueueId,
+        payloads: &[&[u8]],
+        options: &PublishOptions,
+    ) -> Result<Vec<MessageId>> {
+        if payloads.is_empty() {
+            return Err(Error::EmptyBatch);
+        }
+        let max = self.inner.opts.effective_max_message_size();
+        let mut bytes = 0u64;
+        for payload in payloads {
+            let len = payload.len() as u64;
+            if len > max {
+                return Err(Error::TooLarge {
+                    what: "message",
+                    len,
+                    max,
+                });
+            }
+            bytes += len;
+        }
+        let count = payloads.len() as u64;
+        let order = lock(&self.inner.publish_lock);
+        let mut state = lock(&self.inner.state);
+        if state.closed {
+            return Err(Error::Closed);
+        }
+        let now = self.now();
+        self.fire_timers(&mut state, q, now)?;
+        let queue_ttl = state
+            .queue(q)
+            .map_or(0, |queue| queue.settings.message_ttl_ms);
+        let (expires_ms, not_before_ms) = options.resolve(now, queue_ttl)?;
+        let mut woken = Vec::new();
+        let room = state
+            .make_room(q, count, bytes, now, &mut woken)
+            .map_err(|limit| {
+                let queue = state
+                    .queue(q)
+                    .map_or_else(String::new, |queue| queue.name.to_string());
+                Error::QueueFull { queue, limit }
+            })?;
+        let first = state.table.next_id();
+        let headers: Vec<[u8; PUBLISH_HEADER_LEN]> = (0..count)
+            .map(|i| {
+                PublishHeader {
+                    id: first + i,
+                    queue_id: q.0,
+                    published_ms: now,
+                    expires_ms,
+                    not_before_ms,
+                }
+                .encode()
+            })
+            .collect();
+        let room_parts: Vec<[&[u8]; 1]> = room.iter().map(|r| [r.body.as_slice()]).collect();
+        let publish_parts: Vec<[&[u8]; 2]> = headers
+            .iter()
+            .zip(payloads)
+            .map(|(h, p)| [&h[..], *p])
+            .collect();
+        let records: Vec<Record<'_>> = room
+            .iter()
+            .zip(&room_parts)
+            .map(|(r, body)| Record {
+                kind: r.kind.code(),
+                body: &body[..],
+            })
+            .chain(publish_parts.iter().map(|body| Record {
+                kind: RecordKind::Publish.code(),
+                body: &body[..],
+            }))
+            .collect();
+        let appended = self.inner.log.write(&records)?;
+        let publish_positions = appended.positions.get(room.len()..).unwrap_or_default();
+        for (&pos, payload) in publish_positions.iter().zip(payloads) {
+            state.table.push(pos, q, payload.len(), MsgState::Pending);
+        }
+        if let Some(queue) = state.queue_mut(q) {
+            queue.pending += count;
+            queue.pending_bytes += bytes;
+        }
+        wake(&state, &woken);
+        drop(state);
+        drop(order);
+
+        let committed = self.inner.log.commit(&appended);
+        let ids: Vec<MessageId> = (0..count).map(|i| MessageId(first + i)).collect();
+        let mut state = lock(&self.inner.state);
+        if let Some(queue) = state.queue_mut(q) {
+            queue.pending -= count;
+            queue.pending_bytes -= bytes;
+        }
+        committed?;
+        let now = self.now();
+        for &id in &ids {
+            if let Some(slot) = state.table.get_mut(id) {
+                slot.state = MsgState::Ready;
+            }
+            state.enqueue(id, q, now, not_before_ms);
+            state.set_expiry(id, q, expires_ms);
+        }
+        if let Some(queue) = state.queue_mut(q) {
+            queue.counters.published += count;
+        }
+        wake(&state, &[q]);
+        Ok(ids)
+    }
+}

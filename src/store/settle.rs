@@ -1,0 +1,313 @@
+//! Settling deliveries: ack, nack (requeue, with or without delay, or reject), their
+//! `_multiple` forms, lease extension, and returning a closed consumer's deliveries.
+
+use super::{lock, wake, Store};
+use crate::error::{Error, Result};
+use crate::format::{AckBody, MoveReason, RecordKind, MAX_ACK_RANGES};
+use crate::ids::{MessageId, QueueId};
+use crate::queue::{Fate, Lookup, MsgState, OwnedRecord, State};
+use crate::queue_options::duration_ms;
+
+/// Through which handle a settle comes, and so what it may settle.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Via {
+    /// Only deliveries of this queue.
+    pub(super) queue: Option<QueueId>,
+    /// Only deliveries held by this consumer (0: those made through `Queue` handles).
+    pub(super) consumer: Option<u64>,
+}
+
+impl Via {
+    /// Any delivery of any queue (the store's own `ack` / `nack`).
+    pub(super) const ANY: Via = Via {
+        queue: None,
+        consumer: None,
+    };
+}
+
+/// What to do with the deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Action {
+    Ack,
+    Requeue { delay_ms: u64 },
+    Reject,
+}
+
+/// The decision for one delivery, made before its record is written.
+#[derive(Debug, Clone, Copy)]
+enum Plan {
+    Ack,
+    Back { count: u32, not_before: u64 },
+    Fate { fate: Fate, reason: MoveReason },
+}
+
+/// Checks that `id` is a delivery `via` may settle.
+fn check(state: &mut State, id: MessageId, via: Via) -> Result<QueueId> {
+    let queue = match state.table.lookup(id) {
+        Lookup::Settled => return Err(Error::AlreadySettled { id }),
+        Lookup::Unknown => return Err(Error::UnknownMessage { id }),
+        Lookup::Live(slot) => match slot.state {
+            MsgState::InFlight => slot.queue,
+            MsgState::Acked | MsgState::Dropped | MsgState::Settling => {
+                return Err(Error::AlreadySettled { id })
+            }
+            MsgState::Ready | MsgState::Pending => return Err(Error::NotDelivered { id }),
+        },
+    };
+    if let Some(expected) = via.queue {
+        if expected != queue {
+            let name = |q: QueueId| {
+                state
+                    .queue(q)
+                    .map_or_else(String::new, |q| q.name.to_string())
+            };
+            return Err(Error::WrongQueue {
+                id,
+                expected: name(expected),
+                actual: name(queue),
+            });
+        }
+    }
+    if let Some(consumer) = via.consumer {
+        if state.inflight.get(&id).map(|f| f.consumer) != Some(consumer) {
+            return Err(Error::WrongConsumer { id });
+        }
+    }
+    Ok(queue)
+}
+
+/// Ack records for `ids`, as few as possible: consecutive ids share a range.
+fn ack_records(ids: &mut [MessageId]) -> Vec<OwnedRecord> {
+    ids.sort_unstable();
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for id in ids.iter() {
+        match ranges.last_mut() {
+            Some((_, last)) if *last + 1 == id.0 => *last = id.0,
+            _ => ranges.push((id.0, id.0)),
+        }
+    }
+    ranges
+        .chunks(MAX_ACK_RANGES)
+        .map(|chunk| OwnedRecord {
+            kind: RecordKind::Ack,
+            body: AckBody {
+                ranges: chunk.to_vec(),
+            }
+            .encode(),
+        })
+        .collect()
+}
+
+impl Store {
+    /// Settles `ids` (all or none: every id is checked first) and writes one atomic group;
+    /// durable on return under `FsyncPolicy::Always`.
+    pub(super) fn settle(&self, ids: &[MessageId], via: Via, action: Action) -> Result<()> {
+        let mut ids: Vec<MessageId> = ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let now = self.now();
+        let not_before = match action {
+            Action::Requeue { delay_ms } if delay_ms > 0 => {
+                now.checked_add(delay_ms).ok_or(Error::InvalidDuration {
+                    what: "requeue delay",
+                    reason: "ends too far in the future",
+                })?
+            }
+            _ => 0,
+        };
+        let (plans, records) = {
+            let mut state = lock(&self.inner.state);
+            if state.closed {
+                return Err(Error::Closed);
+            }
+            let queues: Vec<QueueId> = ids
+                .iter()
+                .map(|&id| check(&mut state, id, via))
+                .collect::<Result<_>>()?;
+            let mut plans = Vec::with_capacity(ids.len());
+            let mut records = Vec::new();
+            let mut acked = Vec::new();
+            for (&id, &q) in ids.iter().zip(&queues) {
+                if let Some(slot) = state.table.get_mut(id) {
+                    slot.state = MsgState::Settling;
+                }
+                let plan = match action {
+                    Action::Ack => {
+                        acked.push(id);
+                        Plan::Ack
+                    }
+                    Action::Requeue { .. } => {
+                        let count = state.deliveries.get(&id).copied().unwrap_or(1);
+                        let limit = state
+                            .queue(q)
+                            .map_or(0, |queue| queue.settings.max_deliveries);
+                        if limit > 0 && count >= limit {
+                            Plan::Fate {
+                                fate: state.fate_in(q),
+                                reason: MoveReason::DeliveryLimit,
+                            }
+                        } else {
+                            Plan::Back { count, not_before }
+                        }
+                    }
+                    Action::Reject => Plan::Fate {
+                        fate: state.fate_in(q),
+                        reason: MoveReason::Rejected,
+                    },
+                };
+                match plan {
+                    Plan::Ack => {}
+                    Plan::Back { count, not_before } => records.push(OwnedRecord {
+                        kind: RecordKind::Rollback,
+                        body: crate::format::RollbackBody {
+                            id: id.0,
+                            delivery_count: count,
+                            disposition: crate::format::Disposition::Requeue,
+                            reason: None,
+                            not_before_ms: not_before,
+                        }
+                        .encode()
+                        .to_vec(),
+                    }),
+                    Plan::Fate { fate, reason } => {
+                        records.push(state.fate_record(id, fate, reason))
+                    }
+                }
+                plans.push((id, q, plan));
+            }
+            records.extend(ack_records(&mut acked));
+            (plans, records)
+        };
+
+        let parts: Vec<[&[u8]; 1]> = records.iter().map(|r| [r.body.as_slice()]).collect();
+        let group: Vec<crate::log::Record<'_>> = records
+            .iter()
+            .zip(&parts)
+            .map(|(r, body)| crate::log::Record {
+                kind: r.kind.code(),
+                body,
+            })
+            .collect();
+        let result = self.inner.log.append(&group);
+
+        let mut state = lock(&self.inner.state);
+        if let Err(err) = result {
+            for &(id, _, _) in &plans {
+                if let Some(slot) = state.table.get_mut(id) {
+                    slot.state = MsgState::InFlight;
+                }
+            }
+            return Err(err);
+        }
+        let now = self.now();
+        let mut woken = Vec::new();
+        for (id, q, plan) in plans {
+            state.end_delivery(id, q);
+            match plan {
+                Plan::Ack => state.mark_acked(id, q),
+                Plan::Back { not_before, .. } => {
+                    if let Some(slot) = state.table.get_mut(id) {
+                        slot.state = MsgState::Ready;
+                    }
+                    state.enqueue(id, q, now, not_before);
+                    woken.push(q);
+                }
+                Plan::Fate { fate, reason } => {
+                    woken.extend(state.apply_fate(id, q, fate, reason, now));
+                }
+            }
+            // Capacity freed: a consumer blocked on its prefetch limit may go on.
+            woken.push(q);
+        }
+        wake(&state, &woken);
+        Ok(())
+    }
+
+    /// The deliveries of `consumer` in queue `q` with ids up to `up_to`.
+    pub(super) fn outstanding_up_to(&self, consumer: u64, up_to: MessageId) -> Vec<MessageId> {
+        let state = lock(&self.inner.state);
+        state
+            .consumers
+            .get(&consumer)
+            .map(|c| c.outstanding.range(..=up_to).copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Renews the lease of a delivery: it now runs out `by` from now.
+    pub(super) fn extend(&self, id: MessageId, via: Via, by: std::time::Duration) -> Result<()> {
+        let ms = duration_ms("lease extension", by)?;
+        let mut state = lock(&self.inner.state);
+        if state.closed {
+            return Err(Error::Closed);
+        }
+        let q = check(&mut state, id, via)?;
+        let until = self.now().checked_add(ms).ok_or(Error::InvalidDuration {
+            what: "lease extension",
+            reason: "ends too far in the future",
+        })?;
+        let old = state
+            .inflight
+            .get_mut(&id)
+            .and_then(|f| f.lease.replace(until));
+        if let Some(queue) = state.queue_mut(q) {
+            if let Some(old) = old {
+                queue.leases.remove(&(old, id));
+            }
+            queue.leases.insert((until, id));
+        }
+        Ok(())
+    }
+
+    /// Registers a consumer of queue `q`; returns its id.
+    pub(super) fn register_consumer(&self, q: QueueId, prefetch: u32) -> Result<u64> {
+        let mut state = lock(&self.inner.state);
+        if state.closed {
+            return Err(Error::Closed);
+        }
+        state.next_consumer = state.next_consumer.max(1);
+        let id = state.next_consumer;
+        state.next_consumer += 1;
+        state.consumers.insert(
+            id,
+            crate::queue::ConsumerState {
+                queue: q,
+                prefetch,
+                outstanding: Default::default(),
+            },
+        );
+        Ok(id)
+    }
+
+    /// Unregisters a consumer and returns its unsettled deliveries to their queue
+    /// (redelivered; dead-lettered if that was their last allowed delivery). Their records
+    /// are written without waiting for durability: after a crash they come back anyway.
+    pub(super) fn release_consumer(&self, consumer: u64) -> Result<()> {
+        let mut state = lock(&self.inner.state);
+        let Some(c) = state.consumers.remove(&consumer) else {
+            return Ok(());
+        };
+        if state.closed {
+            return Ok(());
+        }
+        let now = self.now();
+        let mut records = Vec::new();
+        let mut woken = vec![c.queue];
+        for id in c.outstanding {
+            if state
+                .table
+                .get(id)
+                .is_some_and(|s| s.state == MsgState::InFlight)
+            {
+                let count = state.deliveries.get(&id).copied().unwrap_or(1);
+                state.end_delivery(id, c.queue);
+                records.extend(state.settle_back(id, c.queue, count, now, 0, &mut woken));
+            }
+        }
+        let result = self.write_owned(&records);
+        wake(&state, &woken);
+        result.map(drop)
+    }
+}
