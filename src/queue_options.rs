@@ -204,6 +204,12 @@ impl PublishOptions {
                 })
         };
         let mut expires = match self.ttl {
+            Some(ttl) if ttl.is_zero() => {
+                return Err(Error::InvalidDuration {
+                    what: "TTL",
+                    reason: "zero",
+                });
+            }
             Some(ttl) => after("TTL", ttl)?,
             None => 0,
         };

@@ -321,6 +321,31 @@ impl State {
                 woken.push(q);
             }
         }
+        // Leases, before expiries: a delivery that comes back already expired must expire,
+        // not be delivered again.
+        while let Some(&(at, id)) = self.queue(q).and_then(|queue| queue.leases.first()) {
+            if at > now {
+                break;
+            }
+            if let Some(queue) = self.queue_mut(q) {
+                queue.leases.pop_first();
+            }
+            // A delivery being acked or nacked right now keeps its lease: the settle decides.
+            let current = self.inflight.get(&id).is_some_and(|f| f.lease == Some(at))
+                && self
+                    .table
+                    .get(id)
+                    .is_some_and(|s| s.state == MsgState::InFlight);
+            if !current {
+                continue;
+            }
+            let count = self.deliveries.get(&id).copied().unwrap_or(0);
+            if let Some(flight) = self.inflight.get_mut(&id) {
+                flight.lease = None; // already removed from the lease set
+            }
+            self.end_delivery(id, q);
+            records.extend(self.settle_back(id, q, count, now, 0, &mut woken));
+        }
         // Expiries: due entries of waiting messages fire; those out with a consumer stay
         // until the message comes back.
         let due: Vec<(u64, MessageId)> = self
@@ -350,30 +375,6 @@ impl State {
                     }
                 }
             }
-        }
-        // Leases.
-        while let Some(&(at, id)) = self.queue(q).and_then(|queue| queue.leases.first()) {
-            if at > now {
-                break;
-            }
-            if let Some(queue) = self.queue_mut(q) {
-                queue.leases.pop_first();
-            }
-            // A delivery being acked or nacked right now keeps its lease: the settle decides.
-            let current = self.inflight.get(&id).is_some_and(|f| f.lease == Some(at))
-                && self
-                    .table
-                    .get(id)
-                    .is_some_and(|s| s.state == MsgState::InFlight);
-            if !current {
-                continue;
-            }
-            let count = self.deliveries.get(&id).copied().unwrap_or(0);
-            if let Some(flight) = self.inflight.get_mut(&id) {
-                flight.lease = None; // already removed from the lease set
-            }
-            self.end_delivery(id, q);
-            records.extend(self.settle_back(id, q, count, now, 0, &mut woken));
         }
         (records, woken)
     }
@@ -434,12 +435,18 @@ impl State {
             return Ok(Vec::new());
         };
         let s = queue.settings;
+        // Reject-publish counts other publishers' messages that are written but not yet
+        // confirmed, so that concurrent publishers cannot overshoot the limit together;
+        // drop-head does not (it could not push them out yet) and trims after they land.
+        let (pending, pending_bytes) = if s.overflow == 1 {
+            (queue.pending, queue.pending_bytes)
+        } else {
+            (0, 0)
+        };
         let over = |queue: &QueueState| -> Option<&'static str> {
-            if s.max_length > 0 && queue.waiting() + queue.pending + messages > s.max_length {
+            if s.max_length > 0 && queue.waiting() + pending + messages > s.max_length {
                 Some("max_length")
-            } else if s.max_bytes > 0
-                && queue.waiting_bytes + queue.pending_bytes + bytes > s.max_bytes
-            {
+            } else if s.max_bytes > 0 && queue.waiting_bytes + pending_bytes + bytes > s.max_bytes {
                 Some("max_bytes")
             } else {
                 None
@@ -473,6 +480,76 @@ impl State {
             woken.extend(self.apply_fate(victim, q, fate, MoveReason::Overflow, now));
         }
         Ok(records)
+    }
+
+    /// Enforces a drop-head queue's `max_length` / `max_bytes` on what is already waiting
+    /// (after requeues, dead-letters into it, redrives, or concurrent publishes): the
+    /// oldest waiting messages are dead-lettered or dropped with reason `Overflow`. Queues
+    /// with reject-publish are left alone (only publishing is refused there).
+    pub(crate) fn trim(
+        &mut self,
+        q: QueueId,
+        now: u64,
+        woken: &mut Vec<QueueId>,
+    ) -> Vec<OwnedRecord> {
+        let mut records = Vec::new();
+        let Some(settings) = self.queue(q).map(|queue| queue.settings) else {
+            return records;
+        };
+        if settings.overflow != 0 {
+            return records;
+        }
+        let over = |queue: &QueueState| {
+            (settings.max_length > 0 && queue.waiting() > settings.max_length)
+                || (settings.max_bytes > 0 && queue.waiting_bytes > settings.max_bytes)
+        };
+        while self.queue(q).is_some_and(over) {
+            let victim = match self.pop_ready(q) {
+                Some(id) => id,
+                None => match self
+                    .queue(q)
+                    .and_then(|queue| queue.delayed.first())
+                    .copied()
+                {
+                    Some((_, id)) => {
+                        self.unwait(id, q);
+                        id
+                    }
+                    None => break,
+                },
+            };
+            let fate = self.fate_in(q);
+            records.push(self.fate_record(victim, fate, MoveReason::Overflow));
+            woken.extend(self.apply_fate(victim, q, fate, MoveReason::Overflow, now));
+        }
+        records
+    }
+
+    /// Dead-letters (or drops) every waiting message that has used up its queue's
+    /// `max_deliveries`: at open, a message that was out with a consumer when the process
+    /// died comes back with its persisted delivery count, and a poison message that kills
+    /// its worker every time must still reach the dead-letter queue.
+    pub(crate) fn enforce_delivery_limits(&mut self, now: u64) -> (Vec<OwnedRecord>, Vec<QueueId>) {
+        let mut records = Vec::new();
+        let mut woken = Vec::new();
+        let mut over: Vec<(MessageId, QueueId)> = self
+            .deliveries
+            .iter()
+            .filter_map(|(&id, &count)| {
+                let slot = self.table.get(id)?;
+                let limit = self.queue(slot.queue)?.settings.max_deliveries;
+                (slot.state == MsgState::Ready && limit > 0 && count >= limit)
+                    .then_some((id, slot.queue))
+            })
+            .collect();
+        over.sort_unstable();
+        for (id, q) in over {
+            self.unwait(id, q);
+            let fate = self.fate_in(q);
+            records.push(self.fate_record(id, fate, MoveReason::DeliveryLimit));
+            woken.extend(self.apply_fate(id, q, fate, MoveReason::DeliveryLimit, now));
+        }
+        (records, woken)
     }
 
     /// Registers a message's expiry in its queue.

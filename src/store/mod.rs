@@ -103,6 +103,9 @@ impl Store {
         {
             let mut state = lock(&store.inner.state);
             let now = store.now();
+            let (records, woken) = state.enforce_delivery_limits(now);
+            store.write_owned(&records)?;
+            store.after_change(&mut state, woken, now)?;
             for q in 0..state.queues.len() {
                 store.fire_timers(&mut state, QueueId(q as u32), now)?;
             }
@@ -150,12 +153,14 @@ impl Store {
         options.to_settings(None)?;
         let order = lock(&self.inner.publish_lock);
         let mut pending = Vec::new();
-        let queue = self.declare_locked(name, &options, &mut pending)?;
+        let queue = self.declare_locked(name, &options, &mut pending);
         drop(order);
+        // Whatever was declared (a dead-letter queue, even if a later step failed) is
+        // committed like any other write.
         if let Some(appended) = pending.last() {
             self.inner.log.commit(appended)?;
         }
-        Ok(queue)
+        queue
     }
 
     /// Declares `name` (and its dead-letter queue first) with the publish lock held; the
@@ -166,6 +171,28 @@ impl Store {
         options: &QueueOptions,
         pending: &mut Vec<Appended>,
     ) -> Result<Queue> {
+        if let Ok(existing) = self.queue(name) {
+            // Compare without declaring anything: an existing queue whose dead-letter queue
+            // does not exist cannot have been declared with it.
+            let dlq = match &options.dead_letter_queue {
+                Some(dlq) => self.queue(dlq).ok().map(|q| q.id.0),
+                None => None,
+            };
+            let same = options.dead_letter_queue.is_none() || dlq.is_some();
+            let settings = options.to_settings(dlq)?;
+            let state = lock(&self.inner.state);
+            return if same
+                && state
+                    .queue(existing.id)
+                    .is_some_and(|q| q.settings == settings)
+            {
+                Ok(existing)
+            } else {
+                Err(Error::QueueConfigMismatch {
+                    queue: name.to_owned(),
+                })
+            };
+        }
         let dlq = match &options.dead_letter_queue {
             Some(dlq) => Some(match self.queue(dlq) {
                 Ok(queue) => queue.id,
@@ -174,19 +201,6 @@ impl Store {
             None => None,
         };
         let settings = options.to_settings(dlq.map(|q| q.0))?;
-        if let Ok(existing) = self.queue(name) {
-            let state = lock(&self.inner.state);
-            let same = state
-                .queue(existing.id)
-                .is_some_and(|q| q.settings == settings);
-            return if same {
-                Ok(existing)
-            } else {
-                Err(Error::QueueConfigMismatch {
-                    queue: name.to_owned(),
-                })
-            };
-        }
         self.check_open()?;
         let id = QueueId(lock(&self.inner.state).queues.len() as u32);
         let body = QueueDeclareBody {
@@ -273,7 +287,7 @@ impl Store {
         let (records, woken) = state.redrive(queue.id, now);
         let moved = records.len() as u64;
         let appended = self.write_owned(&records)?;
-        wake(&state, &woken);
+        self.after_change(&mut state, woken, now)?;
         drop(state);
         if let Some(appended) = appended {
             self.inner.log.commit(&appended)?;
@@ -380,8 +394,28 @@ impl Store {
     fn fire_timers(&self, state: &mut State, q: QueueId, now: u64) -> Result<()> {
         let (records, woken) = state.run_timers(q, now);
         self.write_owned(&records)?;
-        wake(state, &woken);
-        Ok(())
+        self.after_change(state, woken, now)
+    }
+
+    /// Finishes a state change that gave messages to the queues in `woken`: trims those
+    /// over a drop-head limit (which can cascade into their dead-letter queues; dead-letter
+    /// queues are always declared before the queues that use them, so this ends), writes
+    /// the records, and wakes their receivers.
+    fn after_change(&self, state: &mut State, mut woken: Vec<QueueId>, now: u64) -> Result<()> {
+        let mut records = Vec::new();
+        let mut touched = Vec::new();
+        while let Some(q) = woken.pop() {
+            if touched.contains(&q) {
+                continue;
+            }
+            touched.push(q);
+            let mut more = Vec::new();
+            records.extend(state.trim(q, now, &mut more));
+            woken.extend(more.into_iter().filter(|m| !touched.contains(m)));
+        }
+        let written = self.write_owned(&records);
+        wake(state, &touched);
+        written.map(drop)
     }
 }
 

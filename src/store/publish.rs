@@ -1,6 +1,6 @@
 //! Publishing: id assignment, overflow, the publish records, and making messages wait.
 
-use super::{lock, wake, Store};
+use super::{lock, Store};
 use crate::error::{Error, Result};
 use crate::format::{PublishHeader, RecordKind, PUBLISH_HEADER_LEN};
 use crate::ids::{MessageId, QueueId};
@@ -99,7 +99,7 @@ impl Store {
             queue.pending += count;
             queue.pending_bytes += bytes;
         }
-        wake(&state, &woken);
+        self.after_change(&mut state, woken, now)?;
         drop(state);
         drop(order);
 
@@ -122,7 +122,8 @@ impl Store {
         if let Some(queue) = state.queue_mut(q) {
             queue.counters.published += count;
         }
-        wake(&state, &[q]);
+        // Concurrent drop-head publishers may have landed together over the limit.
+        self.after_change(&mut state, vec![q], now)?;
         Ok(ids)
     }
 }

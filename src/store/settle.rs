@@ -1,7 +1,7 @@
 //! Settling deliveries: ack, nack (requeue, with or without delay, or reject), their
 //! `_multiple` forms, lease extension, and returning a closed consumer's deliveries.
 
-use super::{lock, wake, Store};
+use super::{lock, Store};
 use crate::error::{Error, Result};
 use crate::format::{AckBody, MoveReason, RecordKind, MAX_ACK_RANGES};
 use crate::ids::{MessageId, QueueId};
@@ -123,6 +123,8 @@ impl Store {
             if state.closed {
                 return Err(Error::Closed);
             }
+            // A lease that ran out is over even if nothing else touched the queue since.
+            self.fire_timers_of(&mut state, &ids, now)?;
             let queues: Vec<QueueId> = ids
                 .iter()
                 .map(|&id| check(&mut state, id, via))
@@ -222,7 +224,20 @@ impl Store {
             // Capacity freed: a consumer blocked on its prefetch limit may go on.
             woken.push(q);
         }
-        wake(&state, &woken);
+        self.after_change(&mut state, woken, now)
+    }
+
+    /// Fires the due timers of the queues the messages `ids` are in.
+    fn fire_timers_of(&self, state: &mut State, ids: &[MessageId], now: u64) -> Result<()> {
+        let mut queues: Vec<QueueId> = ids
+            .iter()
+            .filter_map(|&id| state.table.get(id).map(|s| s.queue))
+            .collect();
+        queues.sort_unstable();
+        queues.dedup();
+        for q in queues {
+            self.fire_timers(state, q, now)?;
+        }
         Ok(())
     }
 
@@ -243,6 +258,7 @@ impl Store {
         if state.closed {
             return Err(Error::Closed);
         }
+        self.fire_timers_of(&mut state, &[id], self.now())?;
         let q = check(&mut state, id, via)?;
         let until = self.now().checked_add(ms).ok_or(Error::InvalidDuration {
             what: "lease extension",
@@ -306,8 +322,7 @@ impl Store {
                 records.extend(state.settle_back(id, c.queue, count, now, 0, &mut woken));
             }
         }
-        let result = self.write_owned(&records);
-        wake(&state, &woken);
-        result.map(drop)
+        self.write_owned(&records)?;
+        self.after_change(&mut state, woken, now)
     }
 }
