@@ -6,10 +6,12 @@
 //! has not checked against the bytes actually present.
 
 mod checksum;
+mod closed_marker;
 mod frame;
 mod records;
 mod segment_header;
 
+pub use closed_marker::{ClosedMarker, CLOSED_MAGIC, CLOSED_MARKER_LEN};
 pub use frame::{
     decode_frame, encode_frame, frame_len, FrameError, FrameHeader, RecordFlags, RecordView,
     FRAME_ALIGN, FRAME_HEADER_LEN, MAX_BODY_LEN, MAX_FRAME_LEN,

@@ -33,6 +33,9 @@ use writer::WriterState;
 /// Name of the lock file in a log directory.
 pub(crate) const LOCK_FILE: &str = "LOCK";
 
+/// Name of the clean-close marker (`docs/format.md`, "The CLOSED file").
+pub(crate) const CLOSED_FILE: &str = "CLOSED";
+
 /// The lowest record kind a caller may use; kinds below it belong to the log itself.
 pub const FIRST_USER_KIND: u8 = 16;
 
@@ -128,12 +131,17 @@ impl Log {
         visit: &mut dyn FnMut(RecoveredRecord<'_>) -> Result<()>,
     ) -> Result<(Log, RecoveryReport)> {
         opts.validate()?;
+        let existed = vfs.list(dir).is_ok();
         vfs.create_dir_all(dir)
             .map_err(|e| Error::io("create directory", dir, e))?;
-        // If the directory was just created, its own entry must be durable too.
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            vfs.sync_dir(parent)
-                .map_err(|e| Error::io("fsync directory", parent, e))?;
+        // A directory created just now must itself be durable: fsync its parent. (Parents
+        // created along with it are not synced; create the store's parent beforehand if
+        // that matters.)
+        if !existed {
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                vfs.sync_dir(parent)
+                    .map_err(|e| Error::io("fsync directory", parent, e))?;
+            }
         }
         let lock_path = dir.join(LOCK_FILE);
         let lock = vfs
@@ -333,7 +341,8 @@ impl Log {
     /// treat every earlier byte of the last segment as durable, so corruption in it is
     /// reported instead of truncated.
     pub fn close(&self) -> Result<()> {
-        self.shared.close()?;
+        let end = self.shared.close()?;
+        self.shared.write_closed_marker(end)?;
         self.shared
             .lock
             .lock()

@@ -18,11 +18,12 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use super::segment::{Segment, TEMP_SUFFIX};
-use super::LOCK_FILE;
+use super::{CLOSED_FILE, LOCK_FILE};
 use crate::error::{Error, Result};
 use crate::format::{
-    decode_frame, parse_segment_file_name, RecordKind, SealBody, SegmentHeader, SegmentHeaderError,
-    FORMAT_VERSION, FRAME_ALIGN, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
+    decode_frame, parse_segment_file_name, ClosedMarker, RecordKind, SealBody, SegmentHeader,
+    SegmentHeaderError, CLOSED_MARKER_LEN, FORMAT_VERSION, FRAME_ALIGN, FRAME_HEADER_LEN,
+    SEGMENT_HEADER_LEN,
 };
 use crate::ids::{Position, SegmentId};
 use crate::io::{Vfs, VfsFile};
@@ -101,6 +102,7 @@ pub(super) fn recover(
 ) -> Result<Recovered> {
     let mut report = RecoveryReport::default();
     let ids = list_segments(vfs, dir, &mut report)?;
+    let closed = read_closed_marker(vfs, dir)?;
     let mut segments = BTreeMap::new();
     let mut last_sealed = true;
     // The id of the segment to create if the log ends on a seal: the one the seal names.
@@ -149,11 +151,13 @@ pub(super) fn recover(
                 Err(err) => return Err(err),
             };
             report.segments += 1;
+            // A clean close recorded where the log ended: everything before it was durable.
+            let closed_at = closed.filter(|m| m.segment == id.0).map_or(0, |m| m.offset);
             let end = scan(
                 &view,
                 id,
                 &header,
-                is_last,
+                (is_last, closed_at),
                 opts.recovery,
                 &mut report,
                 visit,
@@ -222,6 +226,16 @@ pub(super) fn recover(
         }
     }
 
+    if let Some(m) = closed {
+        let last = segments.keys().next_back().copied();
+        if last.is_none_or(|last| last.0 < m.segment) && opts.recovery != RecoveryMode::Salvage {
+            return Err(Error::corruption(
+                SegmentId(m.segment),
+                0,
+                "the store was closed cleanly in this segment, but it is missing",
+            ));
+        }
+    }
     let active = if last_sealed {
         let created = Segment::create(vfs, dir, next_id, opts.segment_size, opts.preallocate)?;
         let created = Arc::new(created);
@@ -245,6 +259,12 @@ pub(super) fn recover(
             .map_err(|e| Error::io("fdatasync", &active.path, e))?;
         active
     };
+    if closed.is_some() {
+        // The marker describes the log as it was closed; from now on it will grow.
+        let path = dir.join(CLOSED_FILE);
+        vfs.remove(&path)
+            .map_err(|e| Error::io("remove close marker", &path, e))?;
+    }
     vfs.sync_dir(dir)
         .map_err(|e| Error::io("fsync directory", dir, e))?;
     Ok(Recovered {
@@ -261,7 +281,15 @@ fn list_segments(vfs: &dyn Vfs, dir: &Path, report: &mut RecoveryReport) -> Resu
         .map_err(|e| Error::io("list directory", dir, e))?;
     let mut ids = Vec::new();
     for name in names {
-        if name == LOCK_FILE || name.contains(QUARANTINE_SUFFIX) {
+        if name == LOCK_FILE || name == CLOSED_FILE || name.contains(QUARANTINE_SUFFIX) {
+            continue;
+        }
+        if name == format!("{CLOSED_FILE}{TEMP_SUFFIX}") {
+            // A close interrupted before its marker was in place: the marker never existed.
+            let path = dir.join(&name);
+            vfs.remove(&path)
+                .map_err(|e| Error::io("remove temporary marker", &path, e))?;
+            report.removed_temp_files.push(path);
             continue;
         }
         if let Some(id) = parse_segment_file_name(&name) {
@@ -283,6 +311,28 @@ fn list_segments(vfs: &dyn Vfs, dir: &Path, report: &mut RecoveryReport) -> Resu
     }
     ids.sort_unstable();
     Ok(ids)
+}
+
+/// Reads the clean-close marker, if the last close left one.
+fn read_closed_marker(vfs: &dyn Vfs, dir: &Path) -> Result<Option<ClosedMarker>> {
+    let path = dir.join(CLOSED_FILE);
+    let file = match vfs.open(&path, false) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("open close marker", &path, e)),
+    };
+    let len = file
+        .len()
+        .map_err(|e| Error::io("stat close marker", &path, e))?;
+    let mut bytes = [0u8; CLOSED_MARKER_LEN];
+    if len != CLOSED_MARKER_LEN as u64 {
+        return Err(Error::ForeignFile { path });
+    }
+    crate::io::read_exact_at(file.as_ref(), &mut bytes, 0)
+        .map_err(|e| Error::io("read close marker", &path, e))?;
+    ClosedMarker::decode(&bytes)
+        .map(Some)
+        .ok_or(Error::ForeignFile { path })
 }
 
 fn decode_header(view: &[u8], id: SegmentId, path: &Path) -> Result<SegmentHeader> {
@@ -312,7 +362,7 @@ fn scan(
     view: &[u8],
     id: SegmentId,
     header: &SegmentHeader,
-    is_last: bool,
+    (is_last, closed_at): (bool, u64),
     mode: RecoveryMode,
     report: &mut RecoveryReport,
     visit: &mut dyn FnMut(RecoveredRecord<'_>) -> Result<()>,
@@ -407,13 +457,13 @@ fn scan(
     } else {
         group_start
     };
-    let after = forward_scan(view, header, id, offset);
+    let after = forward_scan(view, header, id, offset, cut);
     let tail_is_zero = view
         .get(offset as usize..)
         .unwrap_or_default()
         .iter()
         .all(|&b| b == 0);
-    if group.is_empty() && after.frames == 0 && tail_is_zero {
+    if group.is_empty() && after.frames == 0 && tail_is_zero && closed_at <= offset {
         // The ordinary end of an open segment: zeros (preallocated space) or end of file.
         if is_last || mode == RecoveryMode::Salvage {
             return Ok(ScanEnd::Open { cut, clean: true });
@@ -429,10 +479,12 @@ fn scan(
     } else {
         format!("atomic group cut short ({bad})")
     };
-    let proven_durable = after.max_mark > cut;
+    let proven_durable = after.max_mark > cut || closed_at > cut;
     if !is_last || proven_durable || mode == RecoveryMode::Strict {
         let why = if !is_last {
             format!("{reason}, in a sealed part of the log")
+        } else if closed_at > cut {
+            format!("{reason}, before offset {closed_at} where the store was closed cleanly")
         } else if proven_durable {
             format!("{reason}, followed by records written after this point was durable")
         } else {
@@ -466,11 +518,21 @@ struct AfterBad {
     max_mark: u64,
 }
 
-/// Looks for checksum-valid frames at every aligned offset after `bad`.
+/// Looks for checksum-valid frames at the aligned offsets after `bad`, stopping at the first
+/// one whose durable mark is past `cut` (that alone decides: corruption).
 ///
-/// Cost: one pass over the rest of the segment; all-zero and implausible headers are
-/// rejected before any checksum is computed.
-fn forward_scan(view: &[u8], header: &SegmentHeader, id: SegmentId, bad: u64) -> AfterBad {
+/// Cost: linear in the rest of the segment. A frame that verifies is skipped as a whole
+/// (genuine frames never overlap, so nothing inside one needs trying), and all-zero or
+/// implausible headers are rejected before any checksum is computed. Without the skip,
+/// every offset inside a long run of valid frames would be tried, each checksumming up to
+/// the length its bytes happen to claim: quadratic in the segment size.
+fn forward_scan(
+    view: &[u8],
+    header: &SegmentHeader,
+    id: SegmentId,
+    bad: u64,
+    cut: u64,
+) -> AfterBad {
     let mut result = AfterBad {
         frames: 0,
         max_mark: 0,
@@ -487,6 +549,11 @@ fn forward_scan(view: &[u8], header: &SegmentHeader, id: SegmentId, bad: u64) ->
                 if mark <= offset {
                     result.frames += 1;
                     result.max_mark = result.max_mark.max(mark);
+                    if mark > cut {
+                        break;
+                    }
+                    offset = frame.next_offset;
+                    continue;
                 }
             }
         }

@@ -17,10 +17,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::FIRST_USER_KIND;
+use super::segment::TEMP_SUFFIX;
 use super::{frame_header, Appended, Record, Segment, Shared};
+use super::{CLOSED_FILE, FIRST_USER_KIND};
 use crate::error::{Error, Result};
-use crate::format::{encode_frame, frame_len, RecordKind, SealBody, SEGMENT_HEADER_LEN};
+use crate::format::{
+    encode_frame, frame_len, ClosedMarker, RecordKind, SealBody, SEGMENT_HEADER_LEN,
+};
 use crate::ids::{Position, SegmentId};
 use crate::io::write_all_at;
 use crate::options::{FsyncPolicy, SEAL_RESERVE};
@@ -439,11 +442,12 @@ impl Shared {
 
     /// Syncs, appends a commit marker whose durable mark is its own offset, syncs again and
     /// marks the writer closed.
-    pub(super) fn close(&self) -> Result<()> {
+    /// Returns where the log ends, or `None` if it was already closed.
+    pub(super) fn close(&self) -> Result<Option<Position>> {
         let end = {
             let w = self.lock_writer();
             if w.closed {
-                return Ok(());
+                return Ok(None);
             }
             w.end()
         };
@@ -454,6 +458,30 @@ impl Shared {
         }])?;
         self.wait_durable(appended.end)?;
         self.lock_writer().closed = true;
-        Ok(())
+        Ok(Some(appended.end))
+    }
+
+    /// Records where a cleanly closed log ends (`docs/format.md`, "The CLOSED file"):
+    /// written under a temporary name, synced, renamed into place, directory synced.
+    pub(super) fn write_closed_marker(&self, end: Option<Position>) -> Result<()> {
+        let Some(end) = end else { return Ok(()) };
+        let marker = ClosedMarker {
+            segment: end.segment.0,
+            offset: end.offset,
+        }
+        .encode();
+        let path = self.dir.join(CLOSED_FILE);
+        let tmp = self.dir.join(format!("{CLOSED_FILE}{TEMP_SUFFIX}"));
+        let tmp = tmp.as_path();
+        let io = |op| move |e| Error::io(op, tmp, e);
+        let file = self.vfs.create(tmp).map_err(io("create close marker"))?;
+        write_all_at(file.as_ref(), &marker, 0).map_err(io("write close marker"))?;
+        file.sync_data().map_err(io("fdatasync close marker"))?;
+        self.vfs
+            .rename(tmp, &path)
+            .map_err(io("rename close marker"))?;
+        self.vfs
+            .sync_dir(&self.dir)
+            .map_err(|e| Error::io("fsync directory", &self.dir, e))
     }
 }
