@@ -1,6 +1,7 @@
-//! The `work_queue` example runs to completion on a real directory: exit status 0, every
-//! task completed exactly once, and after the simulated crash the recovered set lists the
-//! unacknowledged deliveries as redelivered.
+//! The examples run to completion on a real directory: `work_queue` completes every task
+//! exactly once and, after the simulated crash, lists the unacknowledged deliveries as
+//! redelivered; `dead_letter` moves the poison message to the dead-letter queue after three
+//! deliveries and redrives it back.
 //!
 //! The example binary sits next to this test's binary (`target/<profile>/examples/`);
 //! `cargo test` builds it, and this test builds it itself (`cargo build --example`) when it
@@ -110,5 +111,60 @@ fn work_queue_example_recovers_unacked_deliveries() {
     assert!(
         stdout.contains("all 50 tasks completed exactly once"),
         "{stdout}"
+    );
+}
+
+#[test]
+fn dead_letter_example_dead_letters_the_poison_message_and_redrives_it() {
+    let binary = example_binary("dead_letter");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store_dir = dir.path().join("store");
+    let output = Command::new(&binary)
+        .arg(&store_dir)
+        .output()
+        .expect("run the example");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "example failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    for n in 1..=3 {
+        assert!(
+            stdout.contains(&format!("\"resize corrupt.png\" (delivery {n}): failed")),
+            "{stdout}"
+        );
+    }
+    assert!(!stdout.contains("(delivery 4)"), "{stdout}");
+    assert!(
+        stdout.contains("dead-lettered: #2 reason DeliveryLimit from \"jobs\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains("redrive moved 1 message"), "{stdout}");
+    assert!(
+        stdout.contains("back in jobs: #2 delivery_count 1"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("all expected outcomes observed"),
+        "{stdout}"
+    );
+    let store = walq::Store::open(&store_dir, walq::StoreOptions::new()).expect("reopen");
+    let jobs = store.queue("jobs").expect("jobs").stats();
+    let dead = store.queue("jobs.dead").expect("jobs.dead").stats();
+    assert_eq!(
+        (jobs.published, jobs.acked, jobs.dead_lettered, jobs.ready),
+        (5, 5, 1, 0)
+    );
+    assert_eq!((dead.ready, dead.unacked), (0, 0));
+    drop(store);
+    let again = Command::new(&binary)
+        .arg(&store_dir)
+        .output()
+        .expect("rerun");
+    assert!(
+        !again.status.success(),
+        "a second run on the same store must fail"
     );
 }

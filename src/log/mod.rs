@@ -188,6 +188,15 @@ impl Log {
         self.shared.opts.max_body_len()
     }
 
+    /// The largest atomic group this log accepts, in bytes of frames (see
+    /// [`format::frame_len`](crate::format::frame_len)): what one segment holds.
+    #[must_use]
+    pub fn max_group_len(&self) -> u64 {
+        self.shared.opts.segment_size
+            - crate::format::SEGMENT_HEADER_LEN as u64
+            - crate::options::SEAL_RESERVE
+    }
+
     /// Appends `records` as one atomic group and waits as the fsync policy says: under
     /// [`FsyncPolicy::Always`] until the group is durable, otherwise only until it is
     /// written to the operating system.

@@ -119,9 +119,14 @@ impl State {
     pub(crate) fn enqueue(&mut self, id: MessageId, q: QueueId, now: u64, not_before: u64) {
         let len = self.slot_len(id);
         let delivered_before = self.deliveries.contains_key(&id);
+        let expiry = self.expiries.get(&id).copied();
         let Some(queue) = self.queues.get_mut(q.0 as usize) else {
             return;
         };
+        if let Some(at) = expiry {
+            // Taken out of the index while the message was out with a consumer.
+            queue.expiry.insert((at, id));
+        }
         queue.waiting_bytes += len;
         if not_before > now {
             self.delays.insert(id, not_before);
@@ -367,7 +372,14 @@ impl State {
                     records.push(self.fate_record(id, fate, MoveReason::Expired));
                     woken.extend(self.apply_fate(id, q, fate, MoveReason::Expired, now));
                 }
-                Some(s) if s.queue == q && !s.state.is_settled() => {}
+                Some(s) if s.queue == q && !s.state.is_settled() => {
+                    // Out with a consumer (or being settled): leave the index, so that a
+                    // blocked receiver does not wake for it over and over; `enqueue` puts
+                    // it back if the message returns.
+                    if let Some(queue) = self.queue_mut(q) {
+                        queue.expiry.remove(&(at, id));
+                    }
+                }
                 _ => {
                     self.expiries.remove(&id);
                     if let Some(queue) = self.queue_mut(q) {

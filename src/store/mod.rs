@@ -373,20 +373,38 @@ impl Store {
     /// Writes records produced by a state change as one group, without waiting for
     /// durability (the caller commits if it must). Called with the state lock held, so the
     /// records land in the log in the order the changes were made.
+    ///
+    /// The records are independent of each other (each settles or moves one message), so
+    /// they are written in as many groups as it takes to fit each in a segment; a mass
+    /// expiry can produce more than one segment holds. Returns the last group written.
     fn write_owned(&self, records: &[OwnedRecord]) -> Result<Option<Appended>> {
-        if records.is_empty() {
-            return Ok(None);
+        let max = self.inner.log.max_group_len();
+        let mut last = None;
+        let mut rest = records;
+        while !rest.is_empty() {
+            let mut size = 0u64;
+            let take = rest
+                .iter()
+                .take_while(|r| {
+                    size += crate::format::frame_len(r.body.len()) as u64;
+                    size <= max
+                })
+                .count()
+                .max(1);
+            let (chunk, tail) = rest.split_at(take.min(rest.len()));
+            rest = tail;
+            let parts: Vec<[&[u8]; 1]> = chunk.iter().map(|r| [r.body.as_slice()]).collect();
+            let group: Vec<Record<'_>> = chunk
+                .iter()
+                .zip(&parts)
+                .map(|(r, body)| Record {
+                    kind: r.kind.code(),
+                    body,
+                })
+                .collect();
+            last = Some(self.inner.log.write(&group)?);
         }
-        let parts: Vec<[&[u8]; 1]> = records.iter().map(|r| [r.body.as_slice()]).collect();
-        let group: Vec<Record<'_>> = records
-            .iter()
-            .zip(&parts)
-            .map(|(r, body)| Record {
-                kind: r.kind.code(),
-                body,
-            })
-            .collect();
-        self.inner.log.write(&group).map(Some)
+        Ok(last)
     }
 
     /// Fires the due timers of queue `q` (see `State::run_timers`), writes what they changed

@@ -2,7 +2,7 @@
 
 use super::{lock, Store};
 use crate::error::{Error, Result};
-use crate::format::{PublishHeader, RecordKind, PUBLISH_HEADER_LEN};
+use crate::format::{frame_len, PublishHeader, RecordKind, PUBLISH_HEADER_LEN};
 use crate::ids::{MessageId, QueueId};
 use crate::log::Record;
 use crate::queue::MsgState;
@@ -50,8 +50,21 @@ impl Store {
             .queue(q)
             .map_or(0, |queue| queue.settings.message_ttl_ms);
         let (expires_ms, not_before_ms) = options.resolve(now, queue_ttl)?;
+        // Refuse a batch that no segment can hold before anything changes.
+        let max_group = self.inner.log.max_group_len();
+        let publish_len: u64 = payloads
+            .iter()
+            .map(|p| frame_len(PUBLISH_HEADER_LEN + p.len()) as u64)
+            .sum();
+        if publish_len > max_group {
+            return Err(Error::TooLarge {
+                what: "batch",
+                len: publish_len,
+                max: max_group,
+            });
+        }
         let mut woken = Vec::new();
-        let room = state
+        let mut room = state
             .make_room(q, count, bytes, now, &mut woken)
             .map_err(|limit| {
                 let queue = state
@@ -59,6 +72,13 @@ impl Store {
                     .map_or_else(String::new, |queue| queue.name.to_string());
                 Error::QueueFull { queue, limit }
             })?;
+        let room_len: u64 = room.iter().map(|r| frame_len(r.body.len()) as u64).sum();
+        if publish_len + room_len > max_group {
+            // Too many messages pushed out to share the publish's group: write them first.
+            // A crash in between can then keep the drops without the publish.
+            self.write_owned(&room)?;
+            room.clear();
+        }
         let first = state.table.next_id();
         let headers: Vec<[u8; PUBLISH_HEADER_LEN]> = (0..count)
             .map(|i| {
