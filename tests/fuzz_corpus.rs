@@ -1,8 +1,9 @@
 //! Replays every input under `fuzz/corpus/<target>/` and `fuzz/artifacts/<target>/` through
-//! the same code the fuzz targets run (`fuzz/src/targets.rs`), so `cargo test` catches a
-//! regression of any input the fuzzer ever saved, and checks that the seed inputs reach what
-//! they were made for (valid frames decode; a valid store opens and delivers; a torn tail
-//! under strict recovery and proven-durable damage are refused).
+//! the same code the fuzz targets run (`fuzz/src/targets.rs`, `fuzz/src/api_model.rs`), so
+//! `cargo test` catches a regression of any input the fuzzer ever saved, and checks that the
+//! seed inputs reach what they were made for (valid frames decode; a valid store opens and
+//! delivers; a torn tail under strict recovery and proven-durable damage are refused; the
+//! API scripts deliver, redeliver, reopen and crash while agreeing with the model).
 //!
 //! `cargo test --test fuzz_corpus -- --ignored generate_seed_corpus` rewrites the seeds.
 
@@ -19,13 +20,32 @@ mod targets {
     include!("../fuzz/src/targets.rs");
 }
 
+mod api_model {
+    include!("../fuzz/src/api_model.rs");
+}
+
+use api_model::ApiOutcome;
 use targets::Outcome;
 
-type Target = fn(&[u8]) -> Outcome;
+/// What an input did, per kind of target.
+#[derive(Debug, Clone, Copy)]
+enum Did {
+    Format(Outcome),
+    Api(ApiOutcome),
+}
 
-const TARGETS: [(&str, Target); 2] = [
-    ("decode_frame", targets::decode_frame_target),
-    ("open_dir", targets::open_dir_target),
+type Target = fn(&[u8]) -> Did;
+
+const TARGETS: [(&str, Target); 3] = [
+    ("decode_frame", |data| {
+        Did::Format(targets::decode_frame_target(data))
+    }),
+    ("open_dir", |data| {
+        Did::Format(targets::open_dir_target(data))
+    }),
+    ("api_model", |data| {
+        Did::Api(api_model::api_model_target(data))
+    }),
 ];
 
 fn fuzz_dir() -> PathBuf {
@@ -72,9 +92,14 @@ fn inputs() -> Vec<(&'static str, Target, PathBuf)> {
 fn replay_fuzz_corpus_and_artifacts() {
     let inputs = inputs();
     let mut failed = Vec::new();
-    let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
+    let mut outcomes: BTreeMap<String, Did> = BTreeMap::new();
     for (target, run, path) in &inputs {
-        let data = std::fs::read(path).expect("read input");
+        let data = match std::fs::read(path) {
+            Ok(data) => data,
+            // A fuzzer running meanwhile may reduce its corpus and delete inputs.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("read {}: {e}", path.display()),
+        };
         match catch_unwind(AssertUnwindSafe(|| run(&data))) {
             Ok(outcome) => {
                 let name = path.file_name().unwrap_or_default().to_string_lossy();
@@ -91,10 +116,18 @@ fn replay_fuzz_corpus_and_artifacts() {
             "no corpus for fuzz target {target}"
         );
     }
-    let expect = |name: &str| {
+    let did = |name: &str| {
         *outcomes.get(name).unwrap_or_else(|| {
             panic!("seed {name} missing (run generate_seed_corpus) or panicked: {failed:#?}")
         })
+    };
+    let expect = |name: &str| match did(name) {
+        Did::Format(outcome) => outcome,
+        Did::Api(_) => panic!("{name} is not a format seed"),
+    };
+    let expect_api = |name: &str| match did(name) {
+        Did::Api(outcome) => outcome,
+        Did::Format(_) => panic!("{name} is not an API seed"),
     };
     assert!(expect("decode_frame/seed-real-segment").frames >= 8);
     assert!(expect("decode_frame/seed-script").frames >= 8);
@@ -110,6 +143,27 @@ fn replay_fuzz_corpus_and_artifacts() {
     assert!(expect("open_dir/seed-synth-two").delivered >= 2);
     assert!(!expect("open_dir/seed-synth-proven-durable").opened);
     assert!(expect("open_dir/seed-synth-salvage").opened);
+    // The API scripts run to the end and reach what they were written for.
+    let basic = expect_api("api_model/seed-basic");
+    assert!(
+        basic.ops >= 20 && basic.delivered >= 8 && basic.reopens >= 2,
+        "{basic:?}"
+    );
+    assert!(basic.errors >= 4, "{basic:?}");
+    let consumer = expect_api("api_model/seed-consumer");
+    assert!(
+        consumer.delivered >= 6 && consumer.errors >= 2,
+        "{consumer:?}"
+    );
+    let crash = expect_api("api_model/seed-crash");
+    assert!(crash.crashes >= 2 && crash.delivered >= 6, "{crash:?}");
+    let limit = expect_api("api_model/seed-delivery-limit");
+    assert!(
+        limit.delivered >= 5 && limit.reopens >= 1 && limit.dropped == 2,
+        "{limit:?}"
+    );
+    let at_open = expect_api("api_model/seed-limit-at-open");
+    assert!(at_open.dropped == 2 && at_open.reopens == 2, "{at_open:?}");
     // Last, so that the seed checks above still run while a saved input fails.
     assert!(failed.is_empty(), "inputs that panic: {failed:#?}");
 }
@@ -177,6 +231,119 @@ fn open_dir_input(flags: u8, first_id: u8, split: u16, body: &[u8]) -> Vec<u8> {
     input
 }
 
+// Scripts for the `api_model` target (layout and op codes: `fuzz/src/api_model.rs`).
+const PUBLISH: u8 = 0;
+const BATCH: u8 = 2;
+const RECEIVE: u8 = 3;
+const ACK: u8 = 5;
+const REQUEUE: u8 = 6;
+const REJECT: u8 = 7;
+const VIA_QUEUE: u8 = 8;
+const SETTLE_ANY: u8 = 9;
+const CONSUME: u8 = 10;
+const CONSUMER_RECEIVE: u8 = 11;
+const CONSUMER_SETTLE: u8 = 12;
+const REOPEN: u8 = 13;
+const SYNC: u8 = 14;
+const CONSUMER_CLOSE: u8 = 15;
+
+/// Publishes, receives, acks, requeues, rejects, every settle error, reopens both ways.
+fn api_basic() -> Vec<u8> {
+    let mut s = vec![4]; // MemVfs, FsyncPolicy::Always
+    s.extend([PUBLISH, 0, 10, PUBLISH, 0, 20, PUBLISH, 0, 255]); // #0-#2 to a
+    s.extend([BATCH, 1, 3, 5]); // #3-#5 to b
+    s.extend([RECEIVE, 0, RECEIVE, 0]); // #0, #1 out
+    s.extend([ACK, 0, REQUEUE, 0]); // ack #0, requeue #1
+    s.extend([RECEIVE, 0]); // #1 again, redelivered
+    s.extend([VIA_QUEUE, 1, 0, 0]); // ack #1 through b: WrongQueue
+    s.extend([SETTLE_ANY, 0, 0, SETTLE_ANY, 200, 0, SETTLE_ANY, 5, 1]); // settled, unknown, waiting
+    s.extend([BATCH, 0, 0, 0]); // EmptyBatch
+    s.extend([RECEIVE, 1, RECEIVE, 1, REJECT, 1]); // #3, #4 out; reject #3
+    s.extend([REOPEN, 0]); // #1, #4 come back, redelivered
+    s.extend([RECEIVE, 0, RECEIVE, 0, VIA_QUEUE, 0, 0, 0]);
+    s.extend([SYNC, REOPEN, 1]); // close and reopen
+    s.extend([RECEIVE, 0, RECEIVE, 1, RECEIVE, 1, ACK, 0, ACK, 0, ACK, 0]);
+    s
+}
+
+/// A consumer with prefetch 2, `ack_multiple`, `WrongConsumer`, `InvalidOptions`, a
+/// consumer dropped with deliveries out, and a reopen.
+fn api_consumer() -> Vec<u8> {
+    let mut s = vec![0]; // MemVfs, FsyncPolicy::Never
+    for len in [1, 2, 3, 4, 5, 6] {
+        s.extend([PUBLISH, 0, len]);
+    }
+    s.extend([CONSUME, 0, 2]); // prefetch 2
+    s.extend([CONSUMER_RECEIVE, CONSUMER_RECEIVE, CONSUMER_RECEIVE]); // the third gets nothing
+    s.extend([VIA_QUEUE, 0, 0, 0]); // ack #0 through the queue: WrongConsumer
+    s.extend([CONSUMER_SETTLE, 1, 3]); // ack_multiple up to #1
+    s.extend([CONSUMER_RECEIVE, CONSUMER_RECEIVE, CONSUMER_SETTLE, 0, 1]); // requeue #2
+    s.extend([CONSUME, 0, 0]); // prefetch 0: InvalidOptions; the old consumer returns #3
+    s.extend([CONSUME, 0, 0x80]); // unlimited
+    s.extend([
+        CONSUMER_RECEIVE,
+        CONSUMER_RECEIVE,
+        CONSUMER_RECEIVE,
+        CONSUMER_SETTLE,
+        0,
+        2,
+    ]);
+    s.extend([RECEIVE, 0, CONSUMER_SETTLE, 9, 0]); // a delivery of the queue handle
+    s.extend([CONSUMER_CLOSE, 1, RECEIVE, 0, RECEIVE, 0]);
+    s.extend([
+        CONSUME,
+        0,
+        1,
+        CONSUMER_RECEIVE,
+        REOPEN,
+        0,
+        RECEIVE,
+        0,
+        RECEIVE,
+        0,
+    ]);
+    s
+}
+
+/// Process crashes on a simulated disk with deliveries out through a queue handle and a
+/// consumer, and without delivery records.
+fn api_crash() -> Vec<u8> {
+    let mut s = vec![1 | 2]; // SimVfs, persist_deliveries(false)
+    s.extend([BATCH, 0, 3, 40, BATCH, 1, 3, 7]); // #0-#2 to a, #3-#5 to b
+    s.extend([RECEIVE, 0, REQUEUE, 0, RECEIVE, 0, RECEIVE, 0]); // #0 requeued, out again
+    s.extend([CONSUME, 1, 2, CONSUMER_RECEIVE, CONSUMER_RECEIVE]);
+    s.extend([REOPEN, 2]); // crash
+    s.extend([RECEIVE, 0, RECEIVE, 0, RECEIVE, 1, ACK, 0, REJECT, 0]);
+    s.extend([CONSUME, 1, 0x80, CONSUMER_RECEIVE, CONSUMER_RECEIVE]);
+    s.extend([REOPEN, 2]); // crash again
+    s.extend([RECEIVE, 0, RECEIVE, 1, RECEIVE, 1, RECEIVE, 1]);
+    s
+}
+
+/// Queue `b` with `max_deliveries(2)` and no delivery records: the second requeue drops.
+fn api_delivery_limit() -> Vec<u8> {
+    let mut s = vec![(2 << 3) | 2 | 4];
+    s.extend([PUBLISH, 1, 9, PUBLISH, 1, 9]);
+    s.extend([RECEIVE, 1, REQUEUE, 0, RECEIVE, 1, REQUEUE, 0]); // #0 dropped
+    s.extend([RECEIVE, 1, RECEIVE, 1, REOPEN, 0, RECEIVE, 1, REQUEUE, 0]);
+    s.extend([RECEIVE, 1, REQUEUE, 0, RECEIVE, 1]);
+    s
+}
+
+/// Queue `b` with `max_deliveries(2)` and delivery records: a delivery out at a close with
+/// its count at the limit is dropped by the next open; one out with the consumer at a reopen
+/// is returned by it, and dropped when it comes back over the limit later.
+fn api_limit_at_open() -> Vec<u8> {
+    let mut s = vec![(2 << 3) | 4];
+    s.extend([PUBLISH, 1, 3, PUBLISH, 1, 4]);
+    s.extend([RECEIVE, 1, REQUEUE, 0, RECEIVE, 1]); // #0 out for the second time
+    s.extend([REOPEN, 1]); // close; the open drops #0
+    s.extend([CONSUME, 1, 0x80, CONSUMER_RECEIVE, REOPEN, 0]); // #1 returned by the consumer
+    s.extend([CONSUME, 1, 1, CONSUMER_RECEIVE, CONSUMER_SETTLE, 0, 1]); // requeued: dropped
+    s.extend([RECEIVE, 1]); // nothing left
+    s
+}
+
 #[test]
 #[ignore = "rewrites fuzz/corpus; run by hand"]
 fn generate_seed_corpus() {
@@ -235,6 +402,11 @@ fn generate_seed_corpus() {
             "seed-synth-salvage",
             open_dir_input(16 | 4 | 1, 0, salvage_split, &salvage),
         ),
+        ("api_model", "seed-basic", api_basic()),
+        ("api_model", "seed-consumer", api_consumer()),
+        ("api_model", "seed-crash", api_crash()),
+        ("api_model", "seed-delivery-limit", api_delivery_limit()),
+        ("api_model", "seed-limit-at-open", api_limit_at_open()),
     ];
     for (target, name, bytes) in seeds {
         let dir = fuzz_dir().join("corpus").join(target);
