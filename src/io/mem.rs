@@ -5,7 +5,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use super::{FileView, LockGuard, Vfs, VfsFile};
+use super::{read_image_at, to_usize, FileView, LockGuard, Vfs, VfsFile};
 
 /// An in-memory file system. Cloning it gives another handle to the same files, so a test
 /// can "reopen" a store on the same contents.
@@ -185,31 +185,13 @@ impl Vfs for MemVfs {
 
 impl MemFile {
     fn check_writable(&self) -> io::Result<()> {
-        if self.writable {
-            Ok(())
-        } else {
-            Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "file opened read-only",
-            ))
-        }
+        super::check_writable(self.writable)
     }
-}
-
-fn to_usize(n: u64) -> io::Result<usize> {
-    usize::try_from(n).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))
 }
 
 impl VfsFile for MemFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let data = lock_bytes(&self.data);
-        let start = to_usize(offset)?.min(data.len());
-        let avail = data.get(start..).unwrap_or_default();
-        let n = avail.len().min(buf.len());
-        buf.get_mut(..n)
-            .unwrap_or_default()
-            .copy_from_slice(avail.get(..n).unwrap_or_default());
-        Ok(n)
+        read_image_at(&lock_bytes(&self.data), buf, offset)
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {

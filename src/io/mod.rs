@@ -130,6 +130,34 @@ impl fmt::Debug for FileView {
     }
 }
 
+/// An in-memory file's offset or length as a `usize`.
+pub(crate) fn to_usize(n: u64) -> io::Result<usize> {
+    usize::try_from(n).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))
+}
+
+/// `Ok` if `writable`, else the error a write to a read-only file gets.
+pub(crate) fn check_writable(writable: bool) -> io::Result<()> {
+    if writable {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "file opened read-only",
+        ))
+    }
+}
+
+/// `pread` on an in-memory image: copies what `data` holds at `offset` into `buf`.
+pub(crate) fn read_image_at(data: &[u8], buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let start = to_usize(offset)?.min(data.len());
+    let avail = data.get(start..).unwrap_or_default();
+    let n = avail.len().min(buf.len());
+    buf.get_mut(..n)
+        .unwrap_or_default()
+        .copy_from_slice(avail.get(..n).unwrap_or_default());
+    Ok(n)
+}
+
 /// Reads exactly `buf.len()` bytes at `offset`, failing with `UnexpectedEof` if the file is
 /// shorter.
 pub(crate) fn read_exact_at(file: &dyn VfsFile, buf: &mut [u8], offset: u64) -> io::Result<()> {

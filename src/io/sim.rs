@@ -25,7 +25,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use super::{FileView, LockGuard, Vfs, VfsFile};
+use super::{read_image_at, to_usize, FileView, LockGuard, Vfs, VfsFile};
 
 /// Sector size used for torn writes.
 pub const SECTOR: usize = 512;
@@ -776,19 +776,8 @@ impl SimFile {
     }
 
     fn check_writable(&self) -> io::Result<()> {
-        if self.writable {
-            Ok(())
-        } else {
-            Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "file opened read-only",
-            ))
-        }
+        super::check_writable(self.writable)
     }
-}
-
-fn to_usize(n: u64) -> io::Result<usize> {
-    usize::try_from(n).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))
 }
 
 fn inode_mut(state: &mut SimState, id: InodeId) -> io::Result<&mut Inode> {
@@ -797,16 +786,7 @@ fn inode_mut(state: &mut SimState, id: InodeId) -> io::Result<&mut Inode> {
 
 impl VfsFile for SimFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.with_inode(|state, id| {
-            let data = &inode_mut(state, id)?.volatile;
-            let start = to_usize(offset)?.min(data.len());
-            let avail = data.get(start..).unwrap_or_default();
-            let n = avail.len().min(buf.len());
-            buf.get_mut(..n)
-                .unwrap_or_default()
-                .copy_from_slice(avail.get(..n).unwrap_or_default());
-            Ok(n)
-        })
+        self.with_inode(|state, id| read_image_at(&inode_mut(state, id)?.volatile, buf, offset))
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {

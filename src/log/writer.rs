@@ -372,20 +372,7 @@ impl Shared {
                 .map(|(_, s)| Arc::clone(s))
                 .collect()
         };
-        for segment in &newer {
-            self.vfs
-                .remove(&segment.path)
-                .map_err(|e| Error::io("remove segment", &segment.path, e))?;
-            self.segments
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(&segment.id);
-        }
-        if !newer.is_empty() {
-            self.vfs
-                .sync_dir(&self.dir)
-                .map_err(|e| Error::io("fsync directory", &self.dir, e))?;
-        }
+        self.remove_segments(&newer)?;
         let file = target.file.as_ref();
         let io = |op| move |e| Error::io(op, &target.path, e);
         file.set_len(pos.offset).map_err(io("truncate segment"))?;
@@ -403,6 +390,27 @@ impl Shared {
         Ok(())
     }
 
+    /// Deletes `segments` in the order given (each file first, then its entry in the
+    /// segment map, so a reader never finds a segment whose file is gone before it is
+    /// forgotten), then syncs the directory.
+    fn remove_segments(&self, segments: &[Arc<Segment>]) -> Result<()> {
+        for segment in segments {
+            self.vfs
+                .remove(&segment.path)
+                .map_err(|e| Error::io("remove segment", &segment.path, e))?;
+            self.segments
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&segment.id);
+        }
+        if segments.is_empty() {
+            return Ok(());
+        }
+        self.vfs
+            .sync_dir(&self.dir)
+            .map_err(|e| Error::io("fsync directory", &self.dir, e))
+    }
+
     pub(super) fn purge_before(&self, before: SegmentId) -> Result<usize> {
         let w = self.lock_writer();
         w.check_writable()?;
@@ -418,24 +426,12 @@ impl Shared {
                 .map(|(_, s)| Arc::clone(s))
                 .collect()
         };
-        for segment in &doomed {
-            self.vfs
-                .remove(&segment.path)
-                .map_err(|e| Error::io("remove segment", &segment.path, e))?;
-            self.segments
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(&segment.id);
-        }
-        if !doomed.is_empty() {
-            if let Err(e) = self.vfs.sync_dir(&self.dir) {
-                // Which removals are durable is unknown now: stop writing, as after a failed
-                // fsync.
-                let err = Error::io("fsync directory", &self.dir, e);
-                self.lock_writer().poison(&err);
-                self.synced.notify_all();
-                return Err(err);
-            }
+        if let Err(err) = self.remove_segments(&doomed) {
+            // Which removals are durable is unknown now: stop writing, as after a failed
+            // fsync.
+            self.lock_writer().poison(&err);
+            self.synced.notify_all();
+            return Err(err);
         }
         Ok(doomed.len())
     }
