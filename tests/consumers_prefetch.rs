@@ -4,39 +4,16 @@
 //! consumer returns its deliveries, blocked consumers are served in arrival order, and a
 //! crash brings a consumer's deliveries back as redelivered.
 
-use std::path::Path;
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use walq::io::{CrashMode, MemVfs, SimVfs, Vfs};
-use walq::{
-    ConsumerOptions, DeadLetterReason, Error, FsyncPolicy, ManualClock, MessageId, QueueOptions,
-    Store, StoreOptions,
-};
+use walq::io::{CrashMode, SimVfs};
+use walq::{ConsumerOptions, DeadLetterReason, Error, ManualClock, MessageId, QueueOptions};
 
-const T0: u64 = 1_700_000_000_000;
+mod common;
 
-fn dir() -> &'static Path {
-    Path::new("/consumers")
-}
-
-fn options(clock: &ManualClock) -> StoreOptions {
-    StoreOptions::new()
-        .fsync(FsyncPolicy::Always)
-        .segment_size(64 << 10)
-        .clock(Arc::new(clock.clone()))
-}
-
-fn mem_store() -> Store {
-    let clock = ManualClock::new(T0);
-    Store::open_with_vfs(Arc::new(MemVfs::new()), dir(), options(&clock)).unwrap()
-}
-
-fn open(vfs: &SimVfs, clock: &ManualClock) -> Store {
-    let vfs: Arc<dyn Vfs> = Arc::new(vfs.clone());
-    Store::open_with_vfs(vfs, dir(), options(clock)).unwrap()
-}
+use common::semantics::{open, store_at, T0};
 
 fn publish_n(queue: &walq::Queue, n: usize) -> Vec<MessageId> {
     (0..n)
@@ -46,7 +23,7 @@ fn publish_n(queue: &walq::Queue, n: usize) -> Vec<MessageId> {
 
 #[test]
 fn try_receive_returns_none_at_the_prefetch_limit_until_the_consumer_settles() {
-    let store = mem_store();
+    let (store, _clock) = store_at(T0);
     let q = store.declare_queue("jobs").unwrap();
     let ids = publish_n(&q, 5);
     let c = q.consumer(ConsumerOptions::new().prefetch(2)).unwrap();
@@ -79,7 +56,7 @@ fn try_receive_returns_none_at_the_prefetch_limit_until_the_consumer_settles() {
 
 #[test]
 fn a_blocked_receive_at_the_prefetch_limit_wakes_when_the_consumer_acks_from_another_thread() {
-    let store = mem_store();
+    let (store, _clock) = store_at(T0);
     let q = store.declare_queue("jobs").unwrap();
     let ids = publish_n(&q, 2);
     let c = q.consumer(ConsumerOptions::new().prefetch(1)).unwrap();
@@ -112,7 +89,7 @@ fn a_blocked_receive_at_the_prefetch_limit_wakes_when_the_consumer_acks_from_ano
 
 #[test]
 fn ack_multiple_settles_exactly_this_consumers_deliveries_up_to_the_id() {
-    let store = mem_store();
+    let (store, _clock) = store_at(T0);
     let q = store.declare_queue("jobs").unwrap();
     let ids = publish_n(&q, 7);
     let a = q.consumer(ConsumerOptions::new()).unwrap();
@@ -152,7 +129,7 @@ fn ack_multiple_settles_exactly_this_consumers_deliveries_up_to_the_id() {
 
 #[test]
 fn nack_multiple_with_requeue_returns_exactly_those_deliveries_redelivered() {
-    let store = mem_store();
+    let (store, _clock) = store_at(T0);
     let q = store.declare_queue("jobs").unwrap();
     let ids = publish_n(&q, 5);
     let a = q.consumer(ConsumerOptions::new()).unwrap();
@@ -183,7 +160,7 @@ fn nack_multiple_with_requeue_returns_exactly_those_deliveries_redelivered() {
 
 #[test]
 fn nack_multiple_without_requeue_rejects_exactly_those_deliveries() {
-    let store = mem_store();
+    let (store, _clock) = store_at(T0);
     let q = store
         .declare_queue_with("jobs", QueueOptions::new().dead_letter_queue("jobs.dead"))
         .unwrap();
@@ -219,7 +196,7 @@ fn nack_multiple_without_requeue_rejects_exactly_those_deliveries() {
 
 #[test]
 fn settling_another_consumers_delivery_is_wrong_consumer_and_changes_nothing() {
-    let store = mem_store();
+    let (store, _clock) = store_at(T0);
     let q = store.declare_queue("jobs").unwrap();
     publish_n(&q, 3);
     let a = q.consumer(ConsumerOptions::new()).unwrap();
@@ -266,7 +243,7 @@ fn settling_another_consumers_delivery_is_wrong_consumer_and_changes_nothing() {
 
 #[test]
 fn closing_or_dropping_a_consumer_returns_its_unacked_deliveries_redelivered() {
-    let store = mem_store();
+    let (store, _clock) = store_at(T0);
     let q = store.declare_queue("jobs").unwrap();
     let ids = publish_n(&q, 4);
 
@@ -304,7 +281,7 @@ fn closing_or_dropping_a_consumer_returns_its_unacked_deliveries_redelivered() {
 
 #[test]
 fn blocked_consumers_are_served_in_the_order_they_started_waiting() {
-    let store = mem_store();
+    let (store, _clock) = store_at(T0);
     let q = store.declare_queue("jobs").unwrap();
     let consumers: Vec<_> = (0..3)
         .map(|_| q.consumer(ConsumerOptions::new()).unwrap())
@@ -339,7 +316,7 @@ fn blocked_consumers_are_served_in_the_order_they_started_waiting() {
 
 #[test]
 fn a_consumer_waiting_at_its_prefetch_limit_does_not_hold_up_others() {
-    let store = mem_store();
+    let (store, _clock) = store_at(T0);
     let q = store.declare_queue("jobs").unwrap();
     let first = q.publish(b"first").unwrap();
     let full = q.consumer(ConsumerOptions::new().prefetch(1)).unwrap();

@@ -3,12 +3,15 @@
 //! exact segment and offset, never skipped or treated as a torn tail; `Strict` refuses even
 //! a torn tail, and `Salvage` cuts the log at the damage and quarantines later segments.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use walq::format::{decode_frame, SegmentHeader, SEGMENT_HEADER_LEN};
 use walq::io::{MemVfs, Vfs};
 use walq::{Error, FsyncPolicy, RecoveryMode, SegmentId, Store, StoreOptions};
+
+mod common;
+
+use common::frames::{frames, seg_path, Frame};
 
 const QUEUE: &str = "q";
 const SEGMENT_SIZE: u64 = 64 << 10;
@@ -17,41 +20,8 @@ fn dir() -> PathBuf {
     PathBuf::from("/store")
 }
 
-fn seg_path(dir: &Path, id: u64) -> PathBuf {
-    dir.join(format!("{id:020}.wal"))
-}
-
 fn opts() -> StoreOptions {
     StoreOptions::new().segment_size(SEGMENT_SIZE)
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Frame {
-    offset: usize,
-    len: usize,
-    body_len: usize,
-    kind: u8,
-}
-
-fn frames(bytes: &[u8]) -> Vec<Frame> {
-    let header = SegmentHeader::decode(bytes).expect("segment header");
-    let mut out = Vec::new();
-    let mut offset = SEGMENT_HEADER_LEN as u64;
-    while let Ok(view) = decode_frame(
-        &bytes[offset as usize..],
-        header.salt,
-        header.segment_id,
-        offset,
-    ) {
-        out.push(Frame {
-            offset: offset as usize,
-            len: (view.next_offset - offset) as usize,
-            body_len: view.body.len(),
-            kind: view.header.kind,
-        });
-        offset = view.next_offset;
-    }
-    out
 }
 
 fn drain(store: &Store) -> Vec<Vec<u8>> {

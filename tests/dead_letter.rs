@@ -5,36 +5,15 @@
 //! dead-letter queue; `redrive` sends dead letters back to their queue with a fresh count and
 //! leaves the rest; and all of it survives process crashes and power losses.
 
-use std::path::Path;
-use std::sync::Arc;
-
-use walq::io::{CrashMode, MemVfs, SimVfs, Vfs};
+use walq::io::{CrashMode, SimVfs};
 use walq::{
-    ConsumerOptions, DeadLetterReason, Delivery, Error, FsyncPolicy, ManualClock, MessageId, Queue,
-    QueueOptions, Store, StoreOptions,
+    ConsumerOptions, DeadLetterReason, Delivery, Error, ManualClock, MessageId, Queue,
+    QueueOptions, Store,
 };
 
-const T0: u64 = 1_700_000_000_000;
+mod common;
 
-fn dir() -> &'static Path {
-    Path::new("/dead-letter")
-}
-
-fn options(clock: &ManualClock) -> StoreOptions {
-    StoreOptions::new()
-        .fsync(FsyncPolicy::Always)
-        .segment_size(64 << 10)
-        .clock(Arc::new(clock.clone()))
-}
-
-fn mem_store(clock: &ManualClock) -> Store {
-    Store::open_with_vfs(Arc::new(MemVfs::new()), dir(), options(clock)).unwrap()
-}
-
-fn open(vfs: &SimVfs, clock: &ManualClock) -> Store {
-    let vfs: Arc<dyn Vfs> = Arc::new(vfs.clone());
-    Store::open_with_vfs(vfs, dir(), options(clock)).unwrap()
-}
+use common::semantics::{mem_store, open, T0};
 
 fn jobs_with_limit(store: &Store, limit: u32) -> Queue {
     store

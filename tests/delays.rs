@@ -3,41 +3,15 @@
 //! right delivery count), both survive a process crash and a power loss, and a blocked
 //! receive wakes by itself when a delayed message becomes due.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use walq::io::{CrashMode, MemVfs, SimVfs, Vfs};
-use walq::{
-    ConsumerOptions, FsyncPolicy, ManualClock, MessageId, PublishOptions, Queue, Store,
-    StoreOptions,
-};
+use walq::io::{CrashMode, MemVfs, SimVfs};
+use walq::{ConsumerOptions, ManualClock, MessageId, PublishOptions, Queue, Store, StoreOptions};
 
-const T0: u64 = 1_700_000_000_000;
+mod common;
 
-fn dir() -> &'static Path {
-    Path::new("/delays")
-}
-
-fn options(clock: &ManualClock) -> StoreOptions {
-    StoreOptions::new()
-        .fsync(FsyncPolicy::Always)
-        .segment_size(64 << 10)
-        .clock(Arc::new(clock.clone()))
-}
-
-fn mem_store(clock: &ManualClock) -> Store {
-    Store::open_with_vfs(Arc::new(MemVfs::new()), dir(), options(clock)).unwrap()
-}
-
-fn open(vfs: &SimVfs, clock: &ManualClock) -> Store {
-    let vfs: Arc<dyn Vfs> = Arc::new(vfs.clone());
-    Store::open_with_vfs(vfs, dir(), options(clock)).unwrap()
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
+use common::semantics::{dir, mem_store, ms, open, T0};
 
 fn delay(d: Duration) -> PublishOptions {
     PublishOptions::new().delay(d)

@@ -4,41 +4,14 @@
 //! is a typed error that loses nothing; a lease that runs out at `max_deliveries`
 //! dead-letters the message; and the counts of lease expiries survive crashes.
 
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use walq::io::{CrashMode, MemVfs, SimVfs, Vfs};
-use walq::{
-    ConsumerOptions, DeadLetterReason, Error, FsyncPolicy, ManualClock, Queue, QueueOptions, Store,
-    StoreOptions,
-};
+use walq::io::{CrashMode, SimVfs};
+use walq::{ConsumerOptions, DeadLetterReason, Error, ManualClock, Queue, QueueOptions, Store};
 
-const T0: u64 = 1_700_000_000_000;
+mod common;
 
-fn dir() -> &'static Path {
-    Path::new("/leases")
-}
-
-fn options(clock: &ManualClock) -> StoreOptions {
-    StoreOptions::new()
-        .fsync(FsyncPolicy::Always)
-        .segment_size(64 << 10)
-        .clock(Arc::new(clock.clone()))
-}
-
-fn mem_store(clock: &ManualClock) -> Store {
-    Store::open_with_vfs(Arc::new(MemVfs::new()), dir(), options(clock)).unwrap()
-}
-
-fn open(vfs: &SimVfs, clock: &ManualClock) -> Store {
-    let vfs: Arc<dyn Vfs> = Arc::new(vfs.clone());
-    Store::open_with_vfs(vfs, dir(), options(clock)).unwrap()
-}
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
+use common::semantics::{mem_store, open, secs, T0};
 
 fn leased(store: &Store, timeout: Duration) -> Queue {
     store

@@ -5,7 +5,6 @@
 //! not; a batch larger than the limit is refused whole; and concurrent publishers never take
 //! a queue over its limit.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -13,30 +12,22 @@ use std::time::Duration;
 
 use walq::io::MemVfs;
 use walq::{
-    DeadLetterReason, Error, FsyncPolicy, ManualClock, MessageId, Overflow, PublishOptions, Queue,
-    QueueOptions, Store, StoreOptions,
+    DeadLetterReason, Error, ManualClock, MessageId, Overflow, PublishOptions, Queue, QueueOptions,
+    Store,
 };
 
-const T0: u64 = 1_700_000_000_000;
+mod common;
 
+use common::semantics::{dir, drain, options, T0};
+
+/// A new store in memory on `clock`, with 1 MiB segments.
 fn mem_store(clock: &ManualClock) -> Store {
     Store::open_with_vfs(
         Arc::new(MemVfs::new()),
-        Path::new("/max-length"),
-        StoreOptions::new()
-            .fsync(FsyncPolicy::Always)
-            .segment_size(1 << 20)
-            .clock(Arc::new(clock.clone())),
+        dir(),
+        options(clock).segment_size(1 << 20),
     )
     .unwrap()
-}
-
-fn drain(q: &Queue) -> Vec<MessageId> {
-    let mut ids = Vec::new();
-    while let Some(d) = q.try_receive().unwrap() {
-        ids.push(d.id);
-    }
-    ids
 }
 
 fn is_full(r: &walq::Result<impl std::fmt::Debug>, which: &str) -> bool {

@@ -3,37 +3,14 @@
 //! zero limits, unknown queues, dead-letter cycles, conflicting redeclarations and settling
 //! another consumer's delivery. Each error's message names what was wrong.
 
-use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use walq::io::MemVfs;
-use walq::{
-    ConsumerOptions, Error, FsyncPolicy, ManualClock, Overflow, PublishOptions, QueueOptions,
-    Store, StoreOptions,
-};
+use walq::{ConsumerOptions, Error, ManualClock, Overflow, PublishOptions, QueueOptions, Store};
 
-const T0: u64 = 1_700_000_000_000;
+mod common;
 
-fn dir() -> &'static Path {
-    Path::new("/bad-input")
-}
-
-fn options(clock: &ManualClock) -> StoreOptions {
-    StoreOptions::new()
-        .fsync(FsyncPolicy::Always)
-        .segment_size(64 << 10)
-        .clock(Arc::new(clock.clone()))
-}
-
-fn open(vfs: &MemVfs, clock: &ManualClock) -> Store {
-    Store::open_with_vfs(Arc::new(vfs.clone()), dir(), options(clock)).unwrap()
-}
-
-fn store_at(ms: u64) -> (Store, ManualClock) {
-    let clock = ManualClock::new(ms);
-    (open(&MemVfs::new(), &clock), clock)
-}
+use common::semantics::{open, store_at, T0};
 
 /// Asserts `err` is `InvalidDuration` and its message names `what`.
 #[track_caller]

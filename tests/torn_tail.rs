@@ -2,12 +2,15 @@
 //! garbage, is cut off on reopen: earlier messages survive intact, the report names the
 //! segment and offset of the cut, and later publishes and reopens stay consistent.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use walq::format::{decode_frame, SegmentHeader, SEGMENT_HEADER_LEN};
 use walq::io::{MemVfs, Vfs};
 use walq::{SegmentId, Store, StoreOptions};
+
+mod common;
+
+use common::frames::{frames, seg_path, Frame};
 
 const DIR: &str = "/store";
 const QUEUE: &str = "q";
@@ -15,10 +18,6 @@ const SEGMENT_SIZE: u64 = 64 << 10;
 
 fn dir() -> PathBuf {
     PathBuf::from(DIR)
-}
-
-fn seg_path(dir: &Path, id: u64) -> PathBuf {
-    dir.join(format!("{id:020}.wal"))
 }
 
 fn opts(preallocate: bool) -> StoreOptions {
@@ -32,35 +31,6 @@ fn payload(i: usize) -> Vec<u8> {
     let mut p = format!("message {i} ").into_bytes();
     p.extend(std::iter::repeat_n(b'a' + (i % 26) as u8, 3 + i % 7));
     p
-}
-
-/// A decoded frame of a segment: its offset, total length and kind.
-#[derive(Debug, Clone, Copy)]
-struct Frame {
-    offset: usize,
-    len: usize,
-    kind: u8,
-}
-
-/// Decodes the valid frames of a segment image from its first record on.
-fn frames(bytes: &[u8]) -> Vec<Frame> {
-    let header = SegmentHeader::decode(bytes).expect("segment header");
-    let mut out = Vec::new();
-    let mut offset = SEGMENT_HEADER_LEN as u64;
-    while let Ok(view) = decode_frame(
-        &bytes[offset as usize..],
-        header.salt,
-        header.segment_id,
-        offset,
-    ) {
-        out.push(Frame {
-            offset: offset as usize,
-            len: (view.next_offset - offset) as usize,
-            kind: view.header.kind,
-        });
-        offset = view.next_offset;
-    }
-    out
 }
 
 /// Receives every ready message of the queue and returns the payloads in delivery order.

@@ -4,53 +4,21 @@
 //! queue's TTL wins; a message out with a consumer does not expire until it comes back;
 //! expiry is counted without any receive; and TTLs survive reopening and crashes.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use walq::io::{CrashMode, MemVfs, SimVfs, Vfs};
+use walq::io::{CrashMode, MemVfs, SimVfs};
 use walq::{
-    ConsumerOptions, DeadLetterReason, Error, FsyncPolicy, ManualClock, MessageId, PublishOptions,
-    QueueOptions, Store, StoreOptions,
+    ConsumerOptions, DeadLetterReason, Error, ManualClock, MessageId, PublishOptions, QueueOptions,
+    Store,
 };
 
-const T0: u64 = 1_700_000_000_000;
+mod common;
 
-fn dir() -> &'static Path {
-    Path::new("/ttl")
-}
-
-fn options(clock: &ManualClock) -> StoreOptions {
-    StoreOptions::new()
-        .fsync(FsyncPolicy::Always)
-        .segment_size(64 << 10)
-        .clock(Arc::new(clock.clone()))
-}
-
-fn mem_store(clock: &ManualClock) -> Store {
-    Store::open_with_vfs(Arc::new(MemVfs::new()), dir(), options(clock)).unwrap()
-}
-
-fn open(vfs: &SimVfs, clock: &ManualClock) -> Store {
-    let vfs: Arc<dyn Vfs> = Arc::new(vfs.clone());
-    Store::open_with_vfs(vfs, dir(), options(clock)).unwrap()
-}
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
+use common::semantics::{dir, drain, mem_store, open, options, secs, T0};
 
 fn ttl(d: Duration) -> PublishOptions {
     PublishOptions::new().ttl(d)
-}
-
-/// Receives every ready message of `queue`: ids in order.
-fn drain(queue: &walq::Queue) -> Vec<MessageId> {
-    let mut ids = Vec::new();
-    while let Some(d) = queue.try_receive().unwrap() {
-        ids.push(d.id);
-    }
-    ids
 }
 
 /// The dead-letter queue's messages: (id, reason, original queue), acked as they come.

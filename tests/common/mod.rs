@@ -3,6 +3,9 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod frames;
+pub mod semantics;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
