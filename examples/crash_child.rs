@@ -31,6 +31,11 @@
 //! recompute it, and so can a message published again under an id whose first publish was
 //! lost in a crash.
 
+#[path = "../tests/common/seeded.rs"]
+mod seeded;
+
+use seeded::{child_payload as payload, Rng};
+
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -47,39 +52,6 @@ const MAX_HELD: usize = 6;
 const HIGH_WATER: u64 = 100;
 /// A child left running by a crashed parent gives up after this long.
 const MAX_RUN_TIME: Duration = Duration::from_secs(300);
-
-/// The payload of message `id`: its id (8 bytes, little-endian) and 0 to 2047 filler bytes,
-/// all derived from the id.
-fn payload(id: u64) -> Vec<u8> {
-    let mut z = id.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    // Mostly short, one in eight up to 2 KiB (spanning pages and sectors).
-    let len = (if z % 8 == 0 {
-        (z >> 3) % 2048
-    } else {
-        (z >> 3) % 256
-    }) as usize;
-    let mut p = id.to_le_bytes().to_vec();
-    p.extend((0..len as u64).map(|i| (i.wrapping_mul(131) ^ id.wrapping_mul(7)) as u8));
-    p
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// Writes protocol lines to stdout, one `write` call per line.
 struct Out(std::io::StdoutLock<'static>);

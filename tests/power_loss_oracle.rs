@@ -9,42 +9,15 @@
 //! `WALQ_SEED=<seed> cargo test --test power_loss_oracle -- --nocapture`, and run more cases
 //! with `WALQ_POWER_LOSS_CASES=<n>` (default 600).
 
-use std::collections::{BTreeMap, BTreeSet};
+mod common;
+
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use common::{Confirmed, Rng};
 use walq::io::{CrashMode, FaultPlan, SimVfs};
 use walq::{Error, FsyncPolicy, MessageId, Store, StoreOptions};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// What the engine confirmed before the crash.
-#[derive(Default)]
-struct Confirmed {
-    /// Publishes that returned Ok: id → payload.
-    published: BTreeMap<u64, Vec<u8>>,
-    /// Publishes attempted (maybe written, not confirmed): payloads by the id they would get.
-    attempted: BTreeMap<u64, Vec<u8>>,
-    /// Acks / rejects that returned Ok.
-    settled: BTreeSet<u64>,
-    /// Acks / rejects attempted without confirmation.
-    settle_attempted: BTreeSet<u64>,
-    /// Highest delivery count confirmed durable through a nack, per message.
-    counts: BTreeMap<u64, u32>,
-}
 
 fn options() -> StoreOptions {
     StoreOptions::new()
@@ -133,59 +106,15 @@ fn workload(store: &Store, rng: &mut Rng, ops: usize, c: &mut Confirmed) {
     }
 }
 
-/// Drains every queue and returns id → (payload, delivery count).
-fn drain(store: &Store) -> BTreeMap<u64, (Vec<u8>, u32)> {
-    let mut out = BTreeMap::new();
-    for name in store.queue_names() {
-        let q = store.queue(&name).unwrap();
-        while let Some(d) = q.try_receive().unwrap() {
-            assert!(
-                out.insert(d.id.0, (d.payload, d.delivery_count)).is_none(),
-                "duplicate {}",
-                d.id
-            );
-        }
-    }
-    out
-}
-
+/// Reopens the crashed disk and checks it against the shared oracle.
 fn check(seed: u64, vfs: &SimVfs, c: &Confirmed) -> BTreeMap<u64, (Vec<u8>, u32)> {
-    let dir = Path::new("/store");
-    let store = Store::open_with_vfs(Arc::new(vfs.clone()), dir, options())
-        .unwrap_or_else(|e| panic!("seed {seed}: reopen after power loss failed: {e}"));
-    let found = drain(&store);
-    drop(store);
-    for (id, p) in &c.published {
-        if c.settled.contains(id) || c.settle_attempted.contains(id) {
-            continue;
-        }
-        let got = found
-            .get(id)
-            .unwrap_or_else(|| panic!("seed {seed}: confirmed message {id} lost"));
-        assert_eq!(&got.0, p, "seed {seed}: payload of {id} changed");
-    }
-    for id in &c.settled {
-        assert!(
-            !found.contains_key(id),
-            "seed {seed}: acked/rejected message {id} came back"
-        );
-    }
-    for (id, (p, count)) in &found {
-        let sent = c
-            .attempted
-            .get(id)
-            .unwrap_or_else(|| panic!("seed {seed}: phantom message {id}"));
-        assert_eq!(
-            p, sent,
-            "seed {seed}: payload of {id} differs from what was published"
-        );
-        let floor = c.counts.get(id).copied().unwrap_or(0);
-        assert!(
-            *count > floor,
-            "seed {seed}: delivery count of {id} went backwards"
-        );
-    }
-    found
+    common::check(
+        &format!("seed {seed}"),
+        Arc::new(vfs.clone()),
+        Path::new("/store"),
+        options(),
+        c,
+    )
 }
 
 /// What one case saw, summed over cases to show the test exercised what it claims to.

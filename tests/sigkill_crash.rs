@@ -21,6 +21,10 @@
 //! (`Child::kill` sends SIGKILL there).
 #![cfg(unix)]
 
+mod common;
+
+use common::seeded::{child_payload as payload, Rng};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -33,38 +37,6 @@ use walq::{FsyncPolicy, Store, StoreOptions};
 
 const QUEUES: [&str; 2] = ["alpha", "beta"];
 const SEGMENT_SIZE: u64 = 256 << 10;
-
-/// Must match `payload` in `examples/crash_child.rs`.
-fn payload(id: u64) -> Vec<u8> {
-    let mut z = id.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    // Mostly short, one in eight up to 2 KiB (spanning pages and sectors).
-    let len = (if z % 8 == 0 {
-        (z >> 3) % 2048
-    } else {
-        (z >> 3) % 256
-    }) as usize;
-    let mut p = id.to_le_bytes().to_vec();
-    p.extend((0..len as u64).map(|i| (i.wrapping_mul(131) ^ id.wrapping_mul(7)) as u8));
-    p
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// `target/<profile>/examples/crash_child`, built up to date.
 fn child_binary() -> PathBuf {

@@ -4,7 +4,11 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod frames;
+pub mod seeded;
 pub mod semantics;
+
+#[allow(unused_imports)] // each test binary uses a different part
+pub use seeded::Rng;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -12,23 +16,6 @@ use std::sync::Arc;
 
 use walq::io::Vfs;
 use walq::{Error, MessageId, Queue, Store, StoreOptions};
-
-/// SplitMix64, for seeded workloads.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// The payload of message `id`: derived from the id so any recovered payload can be checked.
 pub fn payload(id: u64, len: usize) -> Vec<u8> {
