@@ -210,6 +210,37 @@ pub fn decode_frame(
     })
 }
 
+/// The length of the leading run of zero bytes in `bytes`, rounded down to whole
+/// [`FRAME_ALIGN`] words (so the result is an aligned offset when `bytes` starts at one).
+///
+/// Cost: one pass over the run, a machine word at a time; recovery uses it to skip the
+/// preallocated (zero-filled) tail of an open segment, often most of the file.
+pub fn zero_run(bytes: &[u8]) -> usize {
+    const WORD: usize = FRAME_ALIGN;
+    const BLOCK: usize = 8 * WORD;
+    let mut len = 0;
+    for block in bytes.chunks_exact(BLOCK) {
+        if block.iter().fold(0u8, |acc, &b| acc | b) != 0 {
+            break;
+        }
+        len += BLOCK;
+    }
+    let rest = bytes.get(len..).unwrap_or_default();
+    for word in rest.chunks_exact(WORD) {
+        if word.iter().any(|&b| b != 0) {
+            break;
+        }
+        len += WORD;
+    }
+    len
+}
+
+/// Whether every byte of `bytes` is zero (see [`zero_run`] for the cost).
+pub fn all_zero(bytes: &[u8]) -> bool {
+    let run = zero_run(bytes);
+    bytes.get(run..).unwrap_or_default().iter().all(|&b| b == 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,5 +329,24 @@ mod tests {
             decode_frame(&[1u8; 64], SALT, 5, 4),
             Err(FrameError::Misaligned)
         );
+    }
+    #[test]
+    fn zero_runs_stop_at_the_first_non_zero_word() {
+        let mut bytes = vec![0u8; 1000];
+        assert_eq!(zero_run(&bytes), 1000);
+        assert!(all_zero(&bytes));
+        for at in [0usize, 7, 8, 63, 64, 65, 511, 999] {
+            bytes[at] = 1;
+            assert_eq!(
+                zero_run(&bytes),
+                at / FRAME_ALIGN * FRAME_ALIGN,
+                "byte {at}"
+            );
+            assert!(!all_zero(&bytes), "byte {at}");
+            bytes[at] = 0;
+        }
+        assert_eq!(zero_run(&bytes[..13]), 8);
+        assert!(all_zero(&bytes[..13]));
+        assert!(all_zero(&[]));
     }
 }

@@ -13,8 +13,8 @@ mod segment_header;
 
 pub use closed_marker::{ClosedMarker, CLOSED_MAGIC, CLOSED_MARKER_LEN};
 pub use frame::{
-    decode_frame, encode_frame, frame_len, FrameError, FrameHeader, RecordFlags, RecordView,
-    FRAME_ALIGN, FRAME_HEADER_LEN, MAX_BODY_LEN, MAX_FRAME_LEN,
+    all_zero, decode_frame, encode_frame, frame_len, zero_run, FrameError, FrameHeader,
+    RecordFlags, RecordView, FRAME_ALIGN, FRAME_HEADER_LEN, MAX_BODY_LEN, MAX_FRAME_LEN,
 };
 pub use records::{
     AckBody, DeliverBody, Disposition, MoveBody, MoveReason, PublishBody, PublishHeader,

@@ -21,9 +21,9 @@ use super::segment::{Segment, TEMP_SUFFIX};
 use super::{CLOSED_FILE, LOCK_FILE};
 use crate::error::{Error, Result};
 use crate::format::{
-    decode_frame, parse_segment_file_name, ClosedMarker, RecordKind, SealBody, SegmentHeader,
-    SegmentHeaderError, CLOSED_MARKER_LEN, FORMAT_VERSION, FRAME_ALIGN, FRAME_HEADER_LEN,
-    SEGMENT_HEADER_LEN,
+    all_zero, decode_frame, parse_segment_file_name, zero_run, ClosedMarker, RecordKind, SealBody,
+    SegmentHeader, SegmentHeaderError, CLOSED_MARKER_LEN, FORMAT_VERSION, FRAME_ALIGN,
+    FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 use crate::ids::{Position, SegmentId};
 use crate::io::{Vfs, VfsFile};
@@ -457,12 +457,15 @@ fn scan(
     } else {
         group_start
     };
-    let after = forward_scan(view, header, id, offset, cut);
-    let tail_is_zero = view
-        .get(offset as usize..)
-        .unwrap_or_default()
-        .iter()
-        .all(|&b| b == 0);
+    let tail_is_zero = all_zero(view.get(offset as usize..).unwrap_or_default());
+    let after = if tail_is_zero {
+        AfterBad {
+            frames: 0,
+            max_mark: 0,
+        }
+    } else {
+        forward_scan(view, header, id, offset, cut)
+    };
     if group.is_empty() && after.frames == 0 && tail_is_zero && closed_at <= offset {
         // The ordinary end of an open segment: zeros (preallocated space) or end of file.
         if is_last || mode == RecoveryMode::Salvage {
@@ -541,6 +544,13 @@ fn forward_scan(
     while let Some(rest) = view.get(offset as usize..) {
         if rest.len() < FRAME_HEADER_LEN {
             break;
+        }
+        // A frame's 16-byte header is never all zero, so of a run of zero words only the
+        // last can start one (its second half being the next, non-zero word).
+        let zeros = zero_run(rest);
+        if zeros >= 2 * FRAME_ALIGN {
+            offset += (zeros - FRAME_ALIGN) as u64;
+            continue;
         }
         let kind = rest.get(8).copied().unwrap_or(0);
         if kind != 0 {
