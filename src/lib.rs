@@ -21,8 +21,8 @@ pub use error::{Error, Result};
 pub use ids::{MessageId, Position, SegmentId};
 pub use log::{RecoveryReport, Truncation};
 pub use options::{
-    FsyncPolicy, LogOptions, RecoveryMode, StoreOptions, DEFAULT_MAX_MESSAGE_SIZE,
-    DEFAULT_SEGMENT_SIZE, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE,
+    CompactionOptions, FsyncPolicy, LogOptions, RecoveryMode, StoreOptions,
+    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SEGMENT_SIZE, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE,
 };
 pub use queue_options::{ConsumerOptions, Overflow, PublishOptions, QueueOptions};
-pub use store::{Consumer, Queue, Store};
+pub use store::{CompactionReport, Consumer, Queue, SegmentStats, Store};

@@ -192,6 +192,7 @@ pub struct StoreOptions {
     pub(crate) max_message_size: Option<u64>,
     pub(crate) persist_deliveries: bool,
     pub(crate) clock: std::sync::Arc<dyn crate::Clock>,
+    pub(crate) compaction: CompactionOptions,
 }
 
 impl Default for StoreOptions {
@@ -201,6 +202,7 @@ impl Default for StoreOptions {
             max_message_size: None,
             persist_deliveries: true,
             clock: std::sync::Arc::new(crate::SystemClock),
+            compaction: CompactionOptions::default(),
         }
     }
 }
@@ -283,8 +285,16 @@ impl StoreOptions {
         self
     }
 
+    /// How and when compaction runs (see [`CompactionOptions`]).
+    #[must_use]
+    pub fn compaction(mut self, compaction: CompactionOptions) -> Self {
+        self.compaction = compaction;
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         self.log.validate()?;
+        self.compaction.validate()?;
         let max = self.segment_payload_capacity();
         let size = self.effective_max_message_size();
         if size == 0 || size > max {
@@ -292,6 +302,95 @@ impl StoreOptions {
                 "max message size {size} is outside 1..={max} for {}-byte segments",
                 self.log.segment_size
             )));
+        }
+        Ok(())
+    }
+}
+
+/// When compaction runs and what it rewrites (`docs/design.md`, "Compaction").
+///
+/// Compaction writes a checkpoint of the queue state (so that reopening replays only the
+/// log after it), relocates the live messages of sealed segments that are mostly settled,
+/// and deletes every segment nothing needs any more. It runs on demand
+/// ([`Store::compact`](crate::Store::compact)) and, unless turned off, on a background
+/// thread.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompactionOptions {
+    pub(crate) background: Option<Duration>,
+    pub(crate) checkpoint_bytes: u64,
+    pub(crate) live_threshold: f64,
+}
+
+impl Default for CompactionOptions {
+    fn default() -> Self {
+        CompactionOptions {
+            background: Some(Duration::from_secs(1)),
+            checkpoint_bytes: 64 << 20,
+            live_threshold: 0.5,
+        }
+    }
+}
+
+impl CompactionOptions {
+    /// The defaults: see each setter.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How often the background thread checks whether compaction is due; `None` runs no
+    /// thread (call [`Store::compact`](crate::Store::compact) yourself). Default 1 s.
+    ///
+    /// It is due once the log has grown by [`checkpoint_bytes`](Self::checkpoint_bytes)
+    /// since the last checkpoint. Publishers are not blocked while it runs except for the
+    /// moment the state is copied for the checkpoint (linear in the messages held).
+    #[must_use]
+    pub fn background(mut self, every: Option<Duration>) -> Self {
+        self.background = every;
+        self
+    }
+
+    /// Log growth (bytes appended since the last checkpoint) that makes background
+    /// compaction due. Default 64 MiB; at least 1.
+    ///
+    /// Smaller values reclaim space sooner and shorten recovery; each checkpoint costs a
+    /// write of about 10 bytes per unsettled message.
+    #[must_use]
+    pub fn checkpoint_bytes(mut self, bytes: u64) -> Self {
+        self.checkpoint_bytes = bytes;
+        self
+    }
+
+    /// A sealed segment whose live messages take less than this fraction of its bytes has
+    /// them relocated to the head of the log, so that it can be deleted. Default 0.5;
+    /// 0 turns relocation off (only fully settled segments are deleted); at most 1.
+    ///
+    /// With threshold `t > 0`, after a compaction the log holds at most `live / t` bytes
+    /// plus the two newest segments (the bound `docs/design.md` proves and
+    /// `tests/compaction_space_bound.rs` checks); relocation rewrites each live byte at
+    /// most once per compaction that finds its segment sparse.
+    #[must_use]
+    pub fn live_threshold(mut self, fraction: f64) -> Self {
+        self.live_threshold = fraction;
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.live_threshold) {
+            return Err(Error::InvalidOptions(format!(
+                "compaction live threshold {} is outside 0..=1",
+                self.live_threshold
+            )));
+        }
+        if self.checkpoint_bytes == 0 {
+            return Err(Error::InvalidOptions(
+                "compaction checkpoint_bytes must be at least 1".into(),
+            ));
+        }
+        if self.background.is_some_and(|d| d.is_zero()) {
+            return Err(Error::InvalidOptions(
+                "the background compaction interval must not be zero".into(),
+            ));
         }
         Ok(())
     }

@@ -5,12 +5,18 @@
 //! string returns a value or a reason, never panics, and never allocates from a length it
 //! has not checked against the bytes actually present.
 
+mod checkpoint;
 mod checksum;
 mod closed_marker;
 mod frame;
 mod records;
 mod segment_header;
 
+pub use checkpoint::{
+    checkpoint_file_name, parse_checkpoint_file_name, Checkpoint, CheckpointError,
+    CheckpointMessage, CheckpointQueue, CHECKPOINT_HEADER_LEN, CHECKPOINT_MAGIC,
+    CHECKPOINT_VERSION, MAX_CHECKPOINT_BODY, QUEUE_COUNTERS,
+};
 pub use closed_marker::{ClosedMarker, CLOSED_MAGIC, CLOSED_MARKER_LEN};
 pub use frame::{
     all_zero, decode_frame, encode_frame, frame_len, zero_run, FrameError, FrameHeader,
@@ -18,8 +24,8 @@ pub use frame::{
 };
 pub use records::{
     AckBody, DeliverBody, Disposition, MoveBody, MoveReason, PublishBody, PublishHeader,
-    QueueDeclareBody, QueueSettings, RecordKind, RollbackBody, SealBody, MAX_ACK_RANGES,
-    MAX_QUEUE_NAME_LEN, NO_QUEUE, PUBLISH_HEADER_LEN,
+    QueueDeclareBody, QueueSettings, RecordKind, RelocateBody, RollbackBody, SealBody,
+    MAX_ACK_RANGES, MAX_QUEUE_NAME_LEN, NO_QUEUE, PUBLISH_HEADER_LEN, RELOCATE_HEADER_LEN,
 };
 pub use segment_header::{
     parse_segment_file_name, segment_file_name, SegmentHeader, SegmentHeaderError, FORMAT_VERSION,

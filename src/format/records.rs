@@ -25,6 +25,9 @@ pub enum RecordKind {
     Deliver = 20,
     /// Store: a message moved to another queue (dead-lettered, or redriven back).
     Move = 21,
+    /// Store: a live message rewritten at the head of the log by compaction, with its id and
+    /// its state, so that the segment it was in can be deleted.
+    Relocate = 22,
 }
 
 impl RecordKind {
@@ -40,6 +43,7 @@ impl RecordKind {
             19 => RecordKind::Rollback,
             20 => RecordKind::Deliver,
             21 => RecordKind::Move,
+            22 => RecordKind::Relocate,
             _ => return None,
         })
     }
@@ -482,6 +486,71 @@ impl MoveBody {
             id: LE::read_u64(&b[0..8]),
             to_queue: LE::read_u32(&b[8..12]),
             reason,
+        })
+    }
+}
+
+/// Size of the fixed part of a relocate body; the payload follows it.
+pub const RELOCATE_HEADER_LEN: usize = PUBLISH_HEADER_LEN + 16;
+
+/// A decoded [`RecordKind::Relocate`] body: a copy of a live message and of its state.
+///
+/// The copy supersedes the message's earlier publish (or relocate) record: from here on its
+/// payload is read from the copy, and its queue, delivery count, delay, expiry and origin
+/// are the copy's. Records after the copy apply to it as usual.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelocateBody<'a> {
+    /// The publish fields: id, the queue it is in now (not necessarily the one published
+    /// to), publication time, expiry and delay.
+    pub header: PublishHeader,
+    /// Deliveries recorded so far.
+    pub delivery_count: u32,
+    /// If dead-lettered: the queue it came from and why.
+    pub origin: Option<(u32, MoveReason)>,
+    /// The payload, borrowed from the record.
+    pub payload: &'a [u8],
+}
+
+impl RelocateBody<'_> {
+    /// Encodes the fixed fields; the payload follows them in the record body.
+    #[must_use]
+    pub fn encode_fixed(&self) -> [u8; RELOCATE_HEADER_LEN] {
+        let mut b = [0u8; RELOCATE_HEADER_LEN];
+        b[..PUBLISH_HEADER_LEN].copy_from_slice(&self.header.encode());
+        let rest = &mut b[PUBLISH_HEADER_LEN..];
+        LE::write_u32(&mut rest[0..4], self.delivery_count);
+        let (queue, reason) = self.origin.map_or((NO_QUEUE, 0), |(q, r)| (q, r as u8));
+        LE::write_u32(&mut rest[4..8], queue);
+        rest[8] = reason;
+        b
+    }
+}
+
+impl<'a> RelocateBody<'a> {
+    /// Decodes the body.
+    pub fn decode(body: &'a [u8]) -> Result<RelocateBody<'a>, &'static str> {
+        let fixed = body
+            .get(..RELOCATE_HEADER_LEN)
+            .ok_or("relocate record too short")?;
+        let publish = PublishBody::decode(fixed)?;
+        let rest = &fixed[PUBLISH_HEADER_LEN..];
+        if rest[9..16] != [0; 7] {
+            return Err("non-zero reserved bytes in relocate record");
+        }
+        let queue = LE::read_u32(&rest[4..8]);
+        let origin = match (queue, rest[8]) {
+            (NO_QUEUE, 0) => None,
+            (NO_QUEUE, _) | (_, 0) => return Err("half an origin in relocate record"),
+            (queue, code) => Some((
+                queue,
+                MoveReason::from_u8(code).ok_or("unknown move reason")?,
+            )),
+        };
+        Ok(RelocateBody {
+            header: publish.header,
+            delivery_count: LE::read_u32(&rest[0..4]),
+            origin,
+            payload: body.get(RELOCATE_HEADER_LEN..).unwrap_or_default(),
         })
     }
 }

@@ -130,6 +130,23 @@ impl Log {
         opts: LogOptions,
         visit: &mut dyn FnMut(RecoveredRecord<'_>) -> Result<()>,
     ) -> Result<(Log, RecoveryReport)> {
+        Log::open_from(vfs, dir, opts, None, visit)
+    }
+
+    /// Like [`Log::open`], but replays only the records at or after `start` (a position the
+    /// caller recorded earlier, such as a checkpoint's): segments before `start`'s segment
+    /// are opened for reading and their headers checked, without a scan, and the records
+    /// before `start` in its own segment are checked but not visited.
+    ///
+    /// Fails with [`Error::Corruption`] if `start`'s segment is missing or ends before
+    /// `start`. Cost: a scan of the segments from `start` on.
+    pub fn open_from(
+        vfs: Arc<dyn Vfs>,
+        dir: &Path,
+        opts: LogOptions,
+        start: Option<Position>,
+        visit: &mut dyn FnMut(RecoveredRecord<'_>) -> Result<()>,
+    ) -> Result<(Log, RecoveryReport)> {
         opts.validate()?;
         let existed = vfs.list(dir).is_ok();
         vfs.create_dir_all(dir)
@@ -150,7 +167,7 @@ impl Log {
             .ok_or_else(|| Error::Locked {
                 dir: dir.to_path_buf(),
             })?;
-        let recovered = recovery::recover(vfs.as_ref(), dir, &opts, visit)?;
+        let recovered = recovery::recover(vfs.as_ref(), dir, &opts, start, visit)?;
         let shared = Arc::new(Shared {
             vfs,
             dir: dir.to_path_buf(),
@@ -324,6 +341,18 @@ impl Log {
     /// first, then syncs the directory. Their positions become unreadable.
     pub fn purge_before(&self, segment: SegmentId) -> Result<usize> {
         self.shared.purge_before(segment)
+    }
+
+    /// Deletes the given sealed segments (ids that are not segments of this log, and the
+    /// active segment, are skipped), then syncs the directory once. Their positions become
+    /// unreadable. Returns how many were deleted.
+    ///
+    /// Any segment may go, not only the oldest: the caller (the store's compaction) has
+    /// made sure beforehand that nothing in them is needed, durably. On an I/O error the
+    /// log is poisoned, as after a failed fsync, since which removals are durable is then
+    /// unknown.
+    pub fn remove_segments(&self, ids: &[SegmentId]) -> Result<usize> {
+        self.shared.remove_sealed(ids)
     }
 
     /// Information on every live segment, oldest first.

@@ -21,9 +21,9 @@ use super::segment::{Segment, TEMP_SUFFIX};
 use super::{CLOSED_FILE, LOCK_FILE};
 use crate::error::{Error, Result};
 use crate::format::{
-    all_zero, decode_frame, parse_segment_file_name, zero_run, ClosedMarker, RecordKind, SealBody,
-    SegmentHeader, SegmentHeaderError, CLOSED_MARKER_LEN, FORMAT_VERSION, FRAME_ALIGN,
-    FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
+    all_zero, decode_frame, parse_checkpoint_file_name, parse_segment_file_name, zero_run,
+    ClosedMarker, RecordKind, SealBody, SegmentHeader, SegmentHeaderError, CLOSED_MARKER_LEN,
+    FORMAT_VERSION, FRAME_ALIGN, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 use crate::ids::{Position, SegmentId};
 use crate::io::{Vfs, VfsFile};
@@ -61,8 +61,11 @@ pub struct Truncation {
 /// [`Store::recovery_report`](crate::Store::recovery_report).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
-    /// Segments scanned.
+    /// Segments opened (scanned, or skipped because a checkpoint covers them).
     pub segments: usize,
+    /// Segments before the checkpoint's replay position: opened and their headers checked,
+    /// not scanned.
+    pub skipped_segments: usize,
     /// Records replayed (the log's own seal and commit records not counted).
     pub records: u64,
     /// Bytes of valid records scanned.
@@ -73,6 +76,12 @@ pub struct RecoveryReport {
     pub quarantined: Vec<PathBuf>,
     /// Leftover temporary files of an interrupted segment creation, deleted.
     pub removed_temp_files: Vec<PathBuf>,
+    /// The checkpoint the store recovered from (its sequence number), if any: records
+    /// before its position were not replayed.
+    pub checkpoint: Option<u64>,
+    /// Checkpoint files passed over because they did not decode, with the reason (a newer
+    /// one that is damaged makes recovery fall back to the previous one).
+    pub rejected_checkpoints: Vec<(PathBuf, String)>,
 }
 
 pub(super) struct Recovered {
@@ -92,16 +101,28 @@ enum ScanEnd {
     /// The segment stays open for appends at `cut`; unless `clean`, bytes after it must be
     /// discarded (the report says why).
     Open { cut: u64, clean: bool },
+    /// Before the replay start: not scanned, readable up to the end of the file.
+    Skipped { end: u64 },
 }
 
 pub(super) fn recover(
     vfs: &dyn Vfs,
     dir: &Path,
     opts: &LogOptions,
+    start: Option<Position>,
     visit: &mut dyn FnMut(RecoveredRecord<'_>) -> Result<()>,
 ) -> Result<Recovered> {
     let mut report = RecoveryReport::default();
     let ids = list_segments(vfs, dir, &mut report)?;
+    if let Some(start) = start {
+        if !ids.contains(&start.segment) {
+            return Err(Error::corruption(
+                start.segment,
+                start.offset,
+                "the checkpoint's replay position is in a segment that does not exist",
+            ));
+        }
+    }
     let closed = read_closed_marker(vfs, dir)?;
     let mut segments = BTreeMap::new();
     let mut last_sealed = true;
@@ -151,18 +172,41 @@ pub(super) fn recover(
                 Err(err) => return Err(err),
             };
             report.segments += 1;
-            // A clean close recorded where the log ended: everything before it was durable.
-            let closed_at = closed.filter(|m| m.segment == id.0).map_or(0, |m| m.offset);
-            let end = scan(
-                &view,
-                id,
-                &header,
-                (is_last, closed_at),
-                opts.recovery,
-                &mut report,
-                visit,
-            )?;
-            (header, end)
+            if start.is_some_and(|start| id < start.segment) {
+                // Before the checkpoint: trusted as written and sealed, never scanned.
+                report.skipped_segments += 1;
+                (header, ScanEnd::Skipped { end: len })
+            } else {
+                // A clean close recorded where the log ended: everything before it was
+                // durable.
+                let closed_at = closed.filter(|m| m.segment == id.0).map_or(0, |m| m.offset);
+                let from = start.filter(|s| s.segment == id).map_or(0, |s| s.offset);
+                let end = scan(
+                    &view,
+                    id,
+                    &header,
+                    (is_last, closed_at, from),
+                    opts.recovery,
+                    &mut report,
+                    visit,
+                )?;
+                let reached = match end {
+                    ScanEnd::Sealed { end, .. } => end,
+                    ScanEnd::Open { cut, .. } => cut,
+                    ScanEnd::Skipped { end } => end,
+                };
+                if reached < from {
+                    return Err(Error::corruption(
+                        id,
+                        reached,
+                        format!(
+                            "the log ends here, before offset {from} where the checkpoint \
+                             says replay starts"
+                        ),
+                    ));
+                }
+                (header, end)
+            }
         };
         let segment = |data_end| {
             Arc::new(Segment {
@@ -174,6 +218,10 @@ pub(super) fn recover(
             })
         };
         match end {
+            ScanEnd::Skipped { end } => {
+                segments.insert(id, segment(end));
+                last_sealed = true;
+            }
             ScanEnd::Sealed { seal, end, next } => {
                 if next <= id {
                     return Err(Error::corruption(
@@ -281,7 +329,14 @@ fn list_segments(vfs: &dyn Vfs, dir: &Path, report: &mut RecoveryReport) -> Resu
         .map_err(|e| Error::io("list directory", dir, e))?;
     let mut ids = Vec::new();
     for name in names {
-        if name == LOCK_FILE || name == CLOSED_FILE || name.contains(QUARANTINE_SUFFIX) {
+        let checkpoint = |n: &str| parse_checkpoint_file_name(n).is_some();
+        if name == LOCK_FILE
+            || name == CLOSED_FILE
+            || name.contains(QUARANTINE_SUFFIX)
+            || checkpoint(&name)
+            || name.strip_suffix(TEMP_SUFFIX).is_some_and(checkpoint)
+        {
+            // Checkpoint files (and their temporary copies) belong to the store above.
             continue;
         }
         if name == format!("{CLOSED_FILE}{TEMP_SUFFIX}") {
@@ -362,7 +417,7 @@ fn scan(
     view: &[u8],
     id: SegmentId,
     header: &SegmentHeader,
-    (is_last, closed_at): (bool, u64),
+    (is_last, closed_at, from): (bool, u64, u64),
     mode: RecoveryMode,
     report: &mut RecoveryReport,
     visit: &mut dyn FnMut(RecoveredRecord<'_>) -> Result<()>,
@@ -442,8 +497,10 @@ fn scan(
                 });
                 if !frame.header.flags.continues() {
                     for record in group.drain(..) {
-                        report.records += 1;
-                        visit(record)?;
+                        if record.position.offset >= from {
+                            report.records += 1;
+                            visit(record)?;
+                        }
                     }
                 }
             }

@@ -436,6 +436,29 @@ impl Shared {
         Ok(doomed.len())
     }
 
+    pub(super) fn remove_sealed(&self, ids: &[SegmentId]) -> Result<usize> {
+        let w = self.lock_writer();
+        w.check_writable()?;
+        let active = w.active.id;
+        drop(w);
+        let doomed: Vec<Arc<Segment>> = {
+            let segments = self
+                .segments
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            ids.iter()
+                .filter(|&&id| id < active)
+                .filter_map(|id| segments.get(id).cloned())
+                .collect()
+        };
+        if let Err(err) = self.remove_segments(&doomed) {
+            self.lock_writer().poison(&err);
+            self.synced.notify_all();
+            return Err(err);
+        }
+        Ok(doomed.len())
+    }
+
     /// Syncs, appends a commit marker whose durable mark is its own offset, syncs again and
     /// marks the writer closed.
     /// Returns where the log ends, or `None` if it was already closed.

@@ -17,6 +17,7 @@
 //! Payloads are never kept: a delivery reads its payload back from the segment.
 
 mod replay;
+mod snapshot;
 mod state;
 mod table;
 

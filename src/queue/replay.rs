@@ -10,8 +10,8 @@ use std::sync::Arc;
 use super::{MsgState, Origin, QueueState, State};
 use crate::error::{Error, Result};
 use crate::format::{
-    AckBody, DeliverBody, Disposition, MoveBody, MoveReason, PublishBody, QueueDeclareBody,
-    RecordKind, RollbackBody, NO_QUEUE,
+    AckBody, Checkpoint, DeliverBody, Disposition, MoveBody, MoveReason, PublishBody,
+    QueueDeclareBody, RecordKind, RelocateBody, RollbackBody, NO_QUEUE,
 };
 use crate::ids::{MessageId, Position, QueueId};
 use crate::log::RecoveredRecord;
@@ -29,6 +29,74 @@ fn corrupt(pos: Position, reason: impl Into<String>) -> Error {
 }
 
 impl Replayer {
+    /// Starts from a checkpoint instead of an empty store: the records to apply next are
+    /// those after the checkpoint's position. The caller has decoded (so validated) it.
+    pub(crate) fn from_checkpoint(cp: &Checkpoint) -> Replayer {
+        let mut state = State::default();
+        for (i, q) in cp.queues.iter().enumerate() {
+            let name: Arc<str> = q.name.as_str().into();
+            state.by_name.insert(Arc::clone(&name), QueueId(i as u32));
+            let mut queue = QueueState::new(name, q.settings);
+            let [_, published, acked, rejected, expired, dead_lettered, dropped] = q.counters;
+            queue.counters = super::state::Counters {
+                unacked: 0,
+                published,
+                acked,
+                rejected,
+                expired,
+                dead_lettered,
+                dropped,
+            };
+            state.queues.push(queue);
+        }
+        let base = cp.messages.first().map_or(cp.next_message_id, |m| m.id);
+        state.table = super::MessageTable::starting_at(base);
+        let mut messages = cp.messages.iter().peekable();
+        for id in base..cp.next_message_id {
+            let Some(m) = messages.next_if(|m| m.id == id) else {
+                // Settled before the checkpoint; pruned once the messages before it settle.
+                let nowhere = Position {
+                    segment: crate::ids::SegmentId(0),
+                    offset: 0,
+                };
+                state.table.push(nowhere, QueueId(0), 0, MsgState::Acked);
+                continue;
+            };
+            let msg = MessageId(id);
+            let pos = Position {
+                segment: crate::ids::SegmentId(m.segment),
+                offset: m.offset,
+            };
+            state
+                .table
+                .push(pos, QueueId(m.queue), m.len as usize, MsgState::Ready);
+            if m.delivery_count > 0 {
+                state.deliveries.insert(msg, m.delivery_count);
+            }
+            if m.expires_ms != 0 {
+                state.expiries.insert(msg, m.expires_ms);
+            }
+            if m.not_before_ms != 0 {
+                state.delays.insert(msg, m.not_before_ms);
+            }
+            if let Some((from, reason)) = m.origin {
+                state.origins.insert(
+                    msg,
+                    Origin {
+                        queue: QueueId(from),
+                        reason,
+                    },
+                );
+            }
+        }
+        state.acked_total = cp.acked_total;
+        state.rejected_total = cp.rejected_total;
+        Replayer {
+            state,
+            seen_publish: true,
+        }
+    }
+
     pub(crate) fn apply(&mut self, rec: RecoveredRecord<'_>) -> Result<()> {
         let pos = rec.position;
         let kind = RecordKind::from_u8(rec.kind)
@@ -40,6 +108,7 @@ impl Replayer {
             RecordKind::Rollback => self.rollback(pos, rec.body),
             RecordKind::Deliver => self.deliver(pos, rec.body),
             RecordKind::Move => self.relocate(pos, rec.body),
+            RecordKind::Relocate => self.copy(pos, rec.body),
             RecordKind::Seal | RecordKind::Commit => Ok(()),
         }
     }
@@ -244,6 +313,55 @@ impl Replayer {
             );
             self.count_fate(from, mv.reason, true);
         }
+        Ok(())
+    }
+
+    /// A relocated copy: the message's payload now lives at `pos`, and its state is the
+    /// copy's.
+    fn copy(&mut self, pos: Position, body: &[u8]) -> Result<()> {
+        let copy = RelocateBody::decode(body).map_err(|e| corrupt(pos, e))?;
+        let header = copy.header;
+        let queue = QueueId(header.queue_id);
+        let declared = |q: u32| self.state.queue(QueueId(q)).is_some();
+        if !declared(queue.0) || copy.origin.is_some_and(|(from, _)| !declared(from)) {
+            return Err(corrupt(pos, "relocated message in an undeclared queue"));
+        }
+        let id = MessageId(header.id);
+        if self.target(pos, header.id)?.is_none() {
+            return Err(corrupt(
+                pos,
+                format!("relocated copy of message {id}, which was already settled"),
+            ));
+        }
+        if let Some(slot) = self.state.table.get_mut(id) {
+            slot.segment = pos.segment.0;
+            slot.offset = u32::try_from(pos.offset).unwrap_or(u32::MAX);
+            slot.queue = queue;
+            slot.len = u32::try_from(copy.payload.len()).unwrap_or(u32::MAX);
+        }
+        let s = &mut self.state;
+        match copy.delivery_count {
+            0 => s.deliveries.remove(&id),
+            n => s.deliveries.insert(id, n),
+        };
+        match header.expires_ms {
+            0 => s.expiries.remove(&id),
+            at => s.expiries.insert(id, at),
+        };
+        match header.not_before_ms {
+            0 => s.delays.remove(&id),
+            at => s.delays.insert(id, at),
+        };
+        match copy.origin {
+            None => s.origins.remove(&id),
+            Some((from, reason)) => s.origins.insert(
+                id,
+                Origin {
+                    queue: QueueId(from),
+                    reason,
+                },
+            ),
+        };
         Ok(())
     }
 

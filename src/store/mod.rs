@@ -4,14 +4,17 @@
 //! live beside it: `publish.rs`, `receive.rs`, `settle.rs`, and the handles `Queue` and
 //! `Consumer` in `handles.rs`.
 
+mod checkpoints;
+mod compact;
 mod handles;
 mod publish;
 mod receive;
 mod settle;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
+pub use compact::{CompactionReport, SegmentStats};
 pub use handles::{Consumer, Queue};
 
 use crate::delivery::{QueueStats, StoreStats};
@@ -52,12 +55,33 @@ pub struct Store {
 #[derive(Debug)]
 struct Inner {
     log: Log,
+    vfs: Arc<dyn Vfs>,
     opts: StoreOptions,
     state: Mutex<State>,
+    /// Held shared by every operation whose state change is applied after its records are
+    /// written (publish, settle, declare), from before the write until the change is
+    /// applied; held exclusively while a checkpoint copies the state, which therefore
+    /// matches the log up to its end exactly. Taken before every other lock.
+    gate: RwLock<()>,
     /// Serialises id assignment and queue declarations with the order of their records in
     /// the log. Taken before `state` when both are needed.
     publish_lock: Mutex<()>,
+    /// One compaction at a time.
+    compacting: Mutex<()>,
+    compaction: Mutex<compact::Compaction>,
+    background: Arc<compact::Background>,
     report: RecoveryReport,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.background.stop();
+    }
+}
+
+/// Takes the gate shared (see `Inner::gate`).
+fn gate(inner: &Inner) -> std::sync::RwLockReadGuard<'_, ()> {
+    inner.gate.read().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -85,16 +109,58 @@ impl Store {
     /// [`MemVfs`](crate::io::MemVfs) or [`SimVfs`](crate::io::SimVfs)).
     pub fn open_with_vfs(vfs: Arc<dyn Vfs>, dir: &Path, options: StoreOptions) -> Result<Store> {
         options.validate()?;
-        let mut replayer = Replayer::default();
-        let (log, report) = Log::open(vfs, dir, options.log.clone(), &mut |rec| {
-            replayer.apply(rec)
-        })?;
-        let state = replayer.finish(options.clock.now_ms());
+        let loaded = checkpoints::load(vfs.as_ref(), dir)?;
+        let mut candidates: Vec<crate::format::Checkpoint> =
+            loaded.newest.into_iter().chain(loaded.older_full).collect();
+        if candidates.is_empty() && !loaded.rejected.is_empty() {
+            refuse_full_replay(vfs.as_ref(), dir, &loaded.rejected)?;
+        }
+        let mut first_error = None;
+        let mut opened = None;
+        let mut used = None;
+        for (i, cp) in candidates.iter().enumerate() {
+            match open_log(&vfs, dir, &options, Some(cp)) {
+                Ok(done) => {
+                    opened = Some(done);
+                    used = Some(i);
+                    break;
+                }
+                Err(err @ Error::Corruption { .. }) => {
+                    first_error.get_or_insert(err);
+                }
+                Err(err) => return Err(first_error.unwrap_or(err)),
+            }
+        }
+        let (log, mut report, state) = match (opened, first_error) {
+            (Some(done), _) => done,
+            (None, Some(err)) => return Err(err),
+            (None, None) => open_log(&vfs, dir, &options, None)?,
+        };
+        report.rejected_checkpoints = loaded.rejected;
+        let mut compaction = compact::Compaction {
+            next_sequence: loaded.max_sequence + 1,
+            ..Default::default()
+        };
+        if let Some(i) = used {
+            let cp = candidates.swap_remove(i);
+            report.checkpoint = Some(cp.sequence);
+            compaction.newest = Some(checkpoints::Kept::of(&cp));
+            // The one before it stays the fallback, unless it is the one that failed.
+            if i == 0 {
+                compaction.older = candidates.first().map(checkpoints::Kept::of);
+            }
+        }
+        let background = Arc::new(compact::Background::default());
         let inner = Inner {
             log,
+            vfs,
             opts: options,
             state: Mutex::new(state),
+            gate: RwLock::new(()),
             publish_lock: Mutex::new(()),
+            compacting: Mutex::new(()),
+            compaction: Mutex::new(compaction),
+            background,
             report,
         };
         let store = Store {
@@ -109,6 +175,13 @@ impl Store {
             for q in 0..state.queues.len() {
                 store.fire_timers(&mut state, QueueId(q as u32), now)?;
             }
+        }
+        if let Some(every) = store.inner.opts.compaction.background {
+            compact::spawn_background(
+                Arc::downgrade(&store.inner),
+                Arc::clone(&store.inner.background),
+                every,
+            )?;
         }
         Ok(store)
     }
@@ -151,6 +224,7 @@ impl Store {
             validate_queue_name(dlq)?;
         }
         options.to_settings(None)?;
+        let _gate = gate(&self.inner);
         let order = lock(&self.inner.publish_lock);
         let mut pending = Vec::new();
         let queue = self.declare_locked(name, &options, &mut pending);
@@ -348,6 +422,7 @@ impl Store {
                 q.available.notify_all();
             }
         }
+        self.inner.background.stop();
         let _order = lock(&self.inner.publish_lock);
         self.inner.log.close()
     }
@@ -475,4 +550,66 @@ fn validate_queue_name(name: &str) -> Result<()> {
         name: name.chars().take(64).collect(),
         reason,
     })
+}
+
+/// Opens the log, replaying from `checkpoint` if given, and rebuilds the state.
+fn open_log(
+    vfs: &Arc<dyn Vfs>,
+    dir: &Path,
+    options: &StoreOptions,
+    checkpoint: Option<&crate::format::Checkpoint>,
+) -> Result<(Log, RecoveryReport, State)> {
+    let (mut replayer, start) = match checkpoint {
+        Some(cp) => (
+            Replayer::from_checkpoint(cp),
+            Some(crate::ids::Position {
+                segment: crate::ids::SegmentId(cp.segment),
+                offset: cp.offset,
+            }),
+        ),
+        None => (Replayer::default(), None),
+    };
+    let (log, report) = Log::open_from(
+        Arc::clone(vfs),
+        dir,
+        options.log.clone(),
+        start,
+        &mut |rec| replayer.apply(rec),
+    )?;
+    Ok((log, report, replayer.finish(options.clock.now_ms())))
+}
+
+/// Every checkpoint file failed to decode. Replaying the whole log instead is only right if
+/// no segment was ever reclaimed, that is, if the log still starts at segment 0 (a missing
+/// segment later in the chain is caught by the seal check).
+fn refuse_full_replay(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    rejected: &[(std::path::PathBuf, String)],
+) -> Result<()> {
+    let first = vfs
+        .list(dir)
+        .map_err(|e| Error::io("list directory", dir, e))?
+        .iter()
+        .filter_map(|name| crate::format::parse_segment_file_name(name))
+        .min();
+    match first {
+        Some(first) if first > 0 => {
+            let why: Vec<String> = rejected
+                .iter()
+                .map(|(path, why)| format!("{}: {why}", path.display()))
+                .collect();
+            Err(Error::corruption(
+                crate::ids::SegmentId(first),
+                0,
+                format!(
+                    "no checkpoint is readable ({}) and the segments before this one were \
+                     reclaimed, so their acknowledgements exist only in a checkpoint: restore \
+                     the checkpoint files from a backup",
+                    why.join("; ")
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
 }

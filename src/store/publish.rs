@@ -39,6 +39,7 @@ impl Store {
             bytes += len;
         }
         let count = payloads.len() as u64;
+        let _gate = super::gate(&self.inner);
         let order = lock(&self.inner.publish_lock);
         let mut state = lock(&self.inner.state);
         if state.closed {

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use super::{lock, Store};
 use crate::delivery::{time_from_ms, DeadLetter, DeadLetterReason, Delivery};
 use crate::error::{Error, Result};
-use crate::format::{DeliverBody, MoveReason, PublishBody, RecordKind, PUBLISH_HEADER_LEN};
+use crate::format::{
+    DeliverBody, MoveReason, PublishBody, PublishHeader, RecordKind, RelocateBody,
+    PUBLISH_HEADER_LEN, RELOCATE_HEADER_LEN,
+};
 use crate::ids::{MessageId, Position, QueueId};
 use crate::log::Record;
 use crate::queue::{InFlight, MsgState, State};
@@ -221,18 +224,9 @@ impl Store {
     }
 
     fn read_payload(&self, taken: &Taken) -> Result<Delivery> {
-        let (id, pos) = (taken.id, taken.pos);
-        let record = self.inner.log.read(pos)?;
-        let publish = PublishBody::decode(&record.body)
-            .map_err(|e| Error::corruption(pos.segment, pos.offset, e))?;
-        if record.kind != RecordKind::Publish.code() || publish.header.id != id.0 {
-            return Err(Error::corruption(
-                pos.segment,
-                pos.offset,
-                format!("expected the publish record of message {id}"),
-            ));
-        }
-        let published_at = time_from_ms(publish.header.published_ms);
+        let id = taken.id;
+        let (header, payload) = self.read_message(id, taken.pos)?;
+        let published_at = time_from_ms(header.published_ms);
         if self.inner.opts.persist_deliveries {
             let body = DeliverBody {
                 id: id.0,
@@ -244,8 +238,6 @@ impl Store {
                 body: &[&body],
             }])?;
         }
-        let mut payload = record.body;
-        payload.drain(..PUBLISH_HEADER_LEN);
         Ok(Delivery {
             id,
             queue: Arc::clone(&taken.queue),
@@ -256,6 +248,53 @@ impl Store {
             expires_at: taken.expires_ms.map(time_from_ms),
             dead_letter: taken.dead_letter.clone(),
         })
+    }
+}
+
+impl Store {
+    /// Reads message `id`'s payload record (a publish, or a relocated copy) at `pos` and
+    /// returns its publish fields and payload.
+    ///
+    /// Compaction may relocate the message and delete the segment at `pos` between the
+    /// caller taking `pos` from the state and this read: then the current position is
+    /// looked up and read instead.
+    pub(super) fn read_message(
+        &self,
+        id: MessageId,
+        pos: Position,
+    ) -> Result<(PublishHeader, Vec<u8>)> {
+        let record = match self.inner.log.read(pos) {
+            Ok(record) => record,
+            Err(err) => {
+                let now = lock(&self.inner.state).table.get(id).map(|s| s.position());
+                match now {
+                    Some(moved) if moved != pos => self.inner.log.read(moved)?,
+                    _ => return Err(err),
+                }
+            }
+        };
+        let bad = |why: String| Error::corruption(pos.segment, pos.offset, why);
+        let (header, skip) = match RecordKind::from_u8(record.kind) {
+            Some(RecordKind::Publish) => (
+                PublishBody::decode(&record.body)
+                    .map_err(|e| bad(e.into()))?
+                    .header,
+                PUBLISH_HEADER_LEN,
+            ),
+            Some(RecordKind::Relocate) => (
+                RelocateBody::decode(&record.body)
+                    .map_err(|e| bad(e.into()))?
+                    .header,
+                RELOCATE_HEADER_LEN,
+            ),
+            _ => return Err(bad(format!("expected the payload record of message {id}"))),
+        };
+        if header.id != id.0 {
+            return Err(bad(format!("expected the payload record of message {id}")));
+        }
+        let mut payload = record.body;
+        payload.drain(..skip);
+        Ok((header, payload))
     }
 }
 

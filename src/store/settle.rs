@@ -118,6 +118,7 @@ impl Store {
             }
             _ => 0,
         };
+        let _gate = super::gate(&self.inner);
         let (plans, records) = {
             let mut state = lock(&self.inner.state);
             if state.closed {

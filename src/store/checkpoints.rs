@@ -1,0 +1,194 @@
+//! Checkpoint files on disk: loading the newest valid one at open, writing a new one
+//! atomically, and keeping the two newest (`docs/design.md`, "Checkpoints").
+//!
+//! Writing: encode to `checkpoint-N.ckpt.tmp`, fdatasync it, rename it to
+//! `checkpoint-N.ckpt`, fsync the directory; only then are checkpoints older than the
+//! previous one removed (and the directory synced again). A crash at any point leaves the
+//! previous two checkpoints intact, plus possibly a temporary file that the next open
+//! deletes.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::format::{
+    checkpoint_file_name, parse_checkpoint_file_name, Checkpoint, CHECKPOINT_HEADER_LEN,
+};
+use crate::ids::{Position, SegmentId};
+use crate::io::{read_exact_at, write_all_at, Vfs};
+
+const TEMP_SUFFIX: &str = ".tmp";
+
+/// Largest checkpoint file read at open (the format's body limit plus the header).
+const MAX_FILE_LEN: u64 = crate::format::MAX_CHECKPOINT_BODY + CHECKPOINT_HEADER_LEN as u64;
+
+/// What the store remembers of a checkpoint it keeps on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Kept {
+    pub(crate) sequence: u64,
+    /// Where replay from it starts.
+    pub(crate) position: Position,
+    /// The segments its messages' payload records are in.
+    pub(crate) referenced: BTreeSet<SegmentId>,
+}
+
+impl Kept {
+    pub(crate) fn of(cp: &Checkpoint) -> Kept {
+        Kept {
+            sequence: cp.sequence,
+            position: Position {
+                segment: SegmentId(cp.segment),
+                offset: cp.offset,
+            },
+            referenced: cp.messages.iter().map(|m| SegmentId(m.segment)).collect(),
+        }
+    }
+
+    /// Whether recovery from this checkpoint may need `segment`.
+    pub(crate) fn needs(&self, segment: SegmentId) -> bool {
+        segment >= self.position.segment || self.referenced.contains(&segment)
+    }
+}
+
+/// The checkpoints found at open.
+#[derive(Debug, Default)]
+pub(crate) struct Loaded {
+    /// The newest checkpoint that decoded, to recover from.
+    pub(crate) newest: Option<Checkpoint>,
+    /// The valid one before it, if any (the fallback).
+    pub(crate) older_full: Option<Checkpoint>,
+    /// Checkpoint files that did not decode, newest first, with the reason.
+    pub(crate) rejected: Vec<(PathBuf, String)>,
+    /// The highest sequence number of any checkpoint file, valid or not.
+    pub(crate) max_sequence: u64,
+}
+
+fn read_file(vfs: &dyn Vfs, path: &Path) -> Result<Vec<u8>> {
+    let file = vfs
+        .open(path, false)
+        .map_err(|e| Error::io("open checkpoint", path, e))?;
+    let len = file
+        .len()
+        .map_err(|e| Error::io("stat checkpoint", path, e))?;
+    if len > MAX_FILE_LEN {
+        return Err(Error::corruption(
+            SegmentId(0),
+            0,
+            format!(
+                "{} is {len} bytes, over the checkpoint size limit",
+                path.display()
+            ),
+        ));
+    }
+    let mut bytes = vec![0u8; len as usize];
+    read_exact_at(file.as_ref(), &mut bytes, 0)
+        .map_err(|e| Error::io("read checkpoint", path, e))?;
+    Ok(bytes)
+}
+
+/// Lists the checkpoint files of `dir` (sequence, path), newest first; deletes leftover
+/// temporary files.
+fn list(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let names = vfs
+        .list(dir)
+        .map_err(|e| Error::io("list directory", dir, e))?;
+    let mut found = Vec::new();
+    let mut removed = false;
+    for name in names {
+        if let Some(seq) = parse_checkpoint_file_name(&name) {
+            found.push((seq, dir.join(&name)));
+        } else if name
+            .strip_suffix(TEMP_SUFFIX)
+            .and_then(parse_checkpoint_file_name)
+            .is_some()
+        {
+            let path = dir.join(&name);
+            vfs.remove(&path)
+                .map_err(|e| Error::io("remove temporary checkpoint", &path, e))?;
+            removed = true;
+        }
+    }
+    if removed {
+        vfs.sync_dir(dir)
+            .map_err(|e| Error::io("fsync directory", dir, e))?;
+    }
+    found.sort_unstable_by_key(|&(seq, _)| std::cmp::Reverse(seq));
+    Ok(found)
+}
+
+/// Loads the newest valid checkpoint of `dir` and notes the valid one before it.
+///
+/// A checkpoint that does not decode (torn, damaged, foreign) is passed over for an older
+/// one and listed in [`Loaded::rejected`]; I/O errors other than a vanished file abort.
+/// Cost: reads and decodes checkpoint files until two valid ones are found.
+pub(crate) fn load(vfs: &dyn Vfs, dir: &Path) -> Result<Loaded> {
+    let mut loaded = Loaded::default();
+    let files = match list(vfs, dir) {
+        Ok(files) => files,
+        // A store being created: nothing to load.
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(loaded)
+        }
+        Err(err) => return Err(err),
+    };
+    loaded.max_sequence = files.first().map_or(0, |(seq, _)| *seq);
+    for (seq, path) in files {
+        let decoded = match read_file(vfs, &path) {
+            Ok(bytes) => Checkpoint::decode(&bytes).map_err(|e| e.to_string()),
+            Err(err @ Error::Corruption { .. }) => Err(err.to_string()),
+            Err(err) => return Err(err),
+        };
+        match decoded {
+            Ok(cp) if cp.sequence == seq => {
+                if loaded.newest.is_none() {
+                    loaded.newest = Some(cp);
+                } else {
+                    loaded.older_full = Some(cp);
+                    break;
+                }
+            }
+            Ok(cp) => loaded.rejected.push((
+                path,
+                format!("holds sequence {} but is named {seq}", cp.sequence),
+            )),
+            Err(why) => loaded.rejected.push((path, why)),
+        }
+    }
+    Ok(loaded)
+}
+
+/// Writes `cp` durably as `checkpoint-<sequence>.ckpt`, then removes every other checkpoint
+/// file except the one of sequence `keep` (the previous checkpoint, the fallback).
+///
+/// The caller has made the log durable up to the checkpoint's position first.
+pub(crate) fn write(vfs: &dyn Vfs, dir: &Path, cp: &Checkpoint, keep: Option<u64>) -> Result<()> {
+    let name = checkpoint_file_name(cp.sequence);
+    let path = dir.join(&name);
+    let tmp = dir.join(format!("{name}{TEMP_SUFFIX}"));
+    let bytes = cp.encode();
+    let file = vfs
+        .create(&tmp)
+        .map_err(|e| Error::io("create checkpoint", &tmp, e))?;
+    write_all_at(file.as_ref(), &bytes, 0).map_err(|e| Error::io("write checkpoint", &tmp, e))?;
+    file.sync_data()
+        .map_err(|e| Error::io("fdatasync checkpoint", &tmp, e))?;
+    drop(file);
+    vfs.rename(&tmp, &path)
+        .map_err(|e| Error::io("rename checkpoint", &tmp, e))?;
+    vfs.sync_dir(dir)
+        .map_err(|e| Error::io("fsync directory", dir, e))?;
+    let stale: Vec<PathBuf> = list(vfs, dir)?
+        .into_iter()
+        .filter(|&(seq, _)| seq != cp.sequence && Some(seq) != keep)
+        .map(|(_, path)| path)
+        .collect();
+    for old in &stale {
+        vfs.remove(old)
+            .map_err(|e| Error::io("remove old checkpoint", old, e))?;
+    }
+    if !stale.is_empty() {
+        vfs.sync_dir(dir)
+            .map_err(|e| Error::io("fsync directory", dir, e))?;
+    }
+    Ok(())
+}
