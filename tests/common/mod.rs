@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod compaction;
 pub mod frames;
 pub mod seeded;
 pub mod semantics;
