@@ -25,4 +25,4 @@ pub use options::{
     DEFAULT_SEGMENT_SIZE, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE,
 };
 pub use queue_options::{ConsumerOptions, Overflow, PublishOptions, QueueOptions};
-pub use store::{Consumer, Queue, Store};
+pub use store::{Consumer, PeekedMessage, Queue, Store};

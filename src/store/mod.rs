@@ -4,6 +4,7 @@
 //! live beside it: `publish.rs`, `receive.rs`, `settle.rs`, and the handles `Queue` and
 //! `Consumer` in `handles.rs`.
 
+mod browse;
 mod handles;
 mod publish;
 mod receive;
@@ -12,6 +13,7 @@ mod settle;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+pub use browse::PeekedMessage;
 pub use handles::{Consumer, Queue};
 
 use crate::delivery::{QueueStats, StoreStats};
