@@ -30,6 +30,11 @@ pub fn check_dir(dir: &Path) -> Result<(), Failure> {
             "{} is not a directory; give the directory of a walq store",
             dir.display()
         ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Failure::Message(format!(
+            "{} does not exist; give the directory of a walq store (`walq publish --create` \
+             makes a new one)",
+            dir.display()
+        ))),
         Err(e) => Err(Failure::Message(format!(
             "cannot open the store directory {}: {e}",
             dir.display()

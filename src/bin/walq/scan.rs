@@ -339,7 +339,7 @@ pub fn scan_segment(
     let reason = if group.is_empty() {
         bad.to_string()
     } else {
-        format!("atomic group cut short ({bad})")
+        format!("atomic group cut short ({bad} at offset {offset})")
     };
     let why = if !place.is_last {
         Some(format!("{reason}, in a sealed part of the log"))
