@@ -332,12 +332,12 @@ impl Dumper<'_> {
             json_line(out, &Value::Object(object))
         } else {
             let group = if frame.continues { "+" } else { " " };
-            writeln!(
-                out,
+            let text = format!(
                 "{segment}:{:<10}{group}{name:<9}{}",
                 frame.offset,
                 line.text.join(" ")
-            )
+            );
+            writeln!(out, "{}", text.trim_end())
         }
     }
 }
