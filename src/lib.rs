@@ -25,4 +25,4 @@ pub use options::{
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SEGMENT_SIZE, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE,
 };
 pub use queue_options::{ConsumerOptions, Overflow, PublishOptions, QueueOptions};
-pub use store::{CompactionReport, Consumer, Queue, SegmentStats, Store};
+pub use store::{CompactionReport, Consumer, PeekedMessage, Queue, SegmentStats, Store};

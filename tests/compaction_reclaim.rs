@@ -43,7 +43,11 @@ fn all_acked_leaves_only_the_head() {
     assert_eq!(report.checkpoint_messages, 0);
     assert_eq!(
         report.segments_deleted,
-        before.iter().filter(|s| !s.active).map(|s| s.id).collect::<Vec<_>>(),
+        before
+            .iter()
+            .filter(|s| !s.active)
+            .map(|s| s.id)
+            .collect::<Vec<_>>(),
         "every sealed segment goes"
     );
     assert!(report.bytes_reclaimed >= (before.len() as u64 - 1) * (64 << 10));
@@ -59,7 +63,11 @@ fn all_acked_leaves_only_the_head() {
     // Ids are never reused, even when every segment that held them is gone.
     let next = store.queue("jobs").unwrap().publish(b"next").unwrap();
     assert_eq!(next, MessageId(ids[ids.len() - 1] + 1));
-    assert_eq!(store.stats().acked, 2000, "counters survive in the checkpoint");
+    assert_eq!(
+        store.stats().acked,
+        2000,
+        "counters survive in the checkpoint"
+    );
 }
 
 #[test]
@@ -193,12 +201,23 @@ fn a_poison_message_reaches_the_dead_letter_queue_across_compactions() {
     drop(store);
     let store = open(&vfs);
     let dead = store.queue("thumbs.dead").unwrap();
-    let d = dead.try_receive().unwrap().expect("the poison message was dead-lettered");
+    let d = dead
+        .try_receive()
+        .unwrap()
+        .expect("the poison message was dead-lettered");
     assert_eq!(d.id, poison);
     assert_eq!(d.payload, b"corrupt.png");
     let letter = d.dead_letter.expect("dead-letter details");
     assert_eq!(letter.reason, DeadLetterReason::DeliveryLimit);
     assert_eq!(&*letter.original_queue, "thumbs");
-    assert!(store.queue("thumbs").unwrap().try_receive().unwrap().is_none());
-    assert!(store.segment_stats().len() <= 3, "the healthy traffic was reclaimed");
+    assert!(store
+        .queue("thumbs")
+        .unwrap()
+        .try_receive()
+        .unwrap()
+        .is_none());
+    assert!(
+        store.segment_stats().len() <= 3,
+        "the healthy traffic was reclaimed"
+    );
 }

@@ -4,6 +4,7 @@
 //! live beside it: `publish.rs`, `receive.rs`, `settle.rs`, and the handles `Queue` and
 //! `Consumer` in `handles.rs`.
 
+mod browse;
 mod checkpoints;
 mod compact;
 mod handles;
@@ -14,6 +15,7 @@ mod settle;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
+pub use browse::PeekedMessage;
 pub use compact::{CompactionReport, SegmentStats};
 pub use handles::{Consumer, Queue};
 
