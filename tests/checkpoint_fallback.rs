@@ -99,10 +99,19 @@ fn a_damaged_newest_checkpoint_falls_back_to_the_previous_one() {
         let report = store.recovery_report().clone();
         assert_eq!(report.rejected_checkpoints.len(), 1, "{damage}");
         assert_eq!(report.rejected_checkpoints[0].0, newest, "{damage}");
-        let fallback = report.checkpoint.expect("recovered from the older checkpoint");
-        assert!(fallback < used, "{damage}: used {fallback}, newest is {used}");
+        let fallback = report
+            .checkpoint
+            .expect("recovered from the older checkpoint");
+        assert!(
+            fallback < used,
+            "{damage}: used {fallback}, newest is {used}"
+        );
         assert!(older.to_string_lossy().contains(&format!("{fallback:020}")));
-        assert_eq!(live(&store), expected, "{damage}: the same state as from the newest");
+        assert_eq!(
+            live(&store),
+            expected,
+            "{damage}: the same state as from the newest"
+        );
     }
 }
 
@@ -150,7 +159,10 @@ fn no_readable_checkpoint_without_reclaiming_replays_everything() {
     let report = store.recovery_report().clone();
     assert_eq!(report.checkpoint, None);
     assert_eq!(report.rejected_checkpoints.len(), files.len());
-    assert_eq!(report.records, 601, "a full replay: the declaration and every publish");
+    assert_eq!(
+        report.records, 601,
+        "a full replay: the declaration and every publish"
+    );
     assert_eq!(live(&store), expected);
 }
 
@@ -161,6 +173,9 @@ fn a_leftover_temporary_checkpoint_is_deleted() {
     vfs.write_file(&tmp, b"half a checkpoint".to_vec());
     let store = open(&vfs).unwrap();
     assert!(store.recovery_report().rejected_checkpoints.is_empty());
-    assert!(!vfs.files().contains(&tmp), "the temporary file was deleted");
+    assert!(
+        !vfs.files().contains(&tmp),
+        "the temporary file was deleted"
+    );
     assert_eq!(live(&store), expected);
 }

@@ -72,7 +72,9 @@ fn check(vfs: &SimVfs, expected: &Expected, label: &str) {
     for name in store.queue_names() {
         let q = store.queue(&name).unwrap();
         while let Some(d) = q.try_receive().unwrap() {
-            assert!(found.insert(d.id.0, (d.payload, d.delivery_count)).is_none());
+            assert!(found
+                .insert(d.id.0, (d.payload, d.delivery_count))
+                .is_none());
         }
     }
     assert_eq!(
@@ -83,7 +85,10 @@ fn check(vfs: &SimVfs, expected: &Expected, label: &str) {
     for (id, (p, floor)) in expected {
         let (got, count) = &found[id];
         assert_eq!(got, p, "{label}: payload of {id}");
-        assert!(count > floor, "{label}: delivery count of {id} went backwards");
+        assert!(
+            count > floor,
+            "{label}: delivery count of {id} went backwards"
+        );
     }
 }
 
