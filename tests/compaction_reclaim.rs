@@ -41,15 +41,13 @@ fn all_acked_leaves_only_the_head() {
     let report = store.compact().unwrap();
     assert_eq!(report.relocated_messages, 0, "nothing live to move");
     assert_eq!(report.checkpoint_messages, 0);
-    assert_eq!(
-        report.segments_deleted,
-        before
-            .iter()
-            .filter(|s| !s.active)
-            .map(|s| s.id)
-            .collect::<Vec<_>>(),
-        "every sealed segment goes"
-    );
+    for s in before.iter().filter(|s| !s.active) {
+        assert!(
+            report.segments_deleted.contains(&s.id),
+            "segment {} survived, though every message is acked",
+            s.id
+        );
+    }
     assert!(report.bytes_reclaimed >= (before.len() as u64 - 1) * (64 << 10));
     assert_eq!(store.segment_stats().len(), 1);
     drop(jobs);

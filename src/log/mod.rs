@@ -355,6 +355,17 @@ impl Log {
         self.shared.remove_sealed(ids)
     }
 
+    /// Seals the active segment and starts the next one, if the active one holds more than
+    /// `min_data` bytes of records (the segment header not counted). Returns whether it did.
+    ///
+    /// Cost: like a roll-over at a full segment: a Seal record, an `fdatasync`, and the
+    /// creation of the next segment (with its directory `fsync`). Compaction uses it so that
+    /// a checkpoint's replay position sits near the start of a segment and the segment
+    /// before it, sealed, can be relocated and deleted.
+    pub fn roll(&self, min_data: u64) -> Result<bool> {
+        self.shared.roll_if_over(min_data)
+    }
+
     /// Information on every live segment, oldest first.
     #[must_use]
     pub fn segments(&self) -> Vec<SegmentInfo> {

@@ -191,6 +191,18 @@ impl Shared {
         })
     }
 
+    /// Rolls over now if the active segment holds more than `min_data` bytes of records.
+    /// Returns whether it rolled.
+    pub(super) fn roll_if_over(&self, min_data: u64) -> Result<bool> {
+        let mut w = self.lock_writer();
+        w.check_writable()?;
+        if w.write_offset.saturating_sub(SEGMENT_HEADER_LEN as u64) <= min_data {
+            return Ok(false);
+        }
+        self.roll(&mut w)?;
+        Ok(true)
+    }
+
     /// Seals the active segment and opens the next one. Called with the writer lock held.
     ///
     /// Order, each step complete before the next: write the seal record, `fdatasync` the old

@@ -32,6 +32,8 @@ use crate::queue::MsgState;
 /// Most payload bytes read and rewritten per relocation batch (the state lock is held while
 /// a batch is written, so this bounds how long publishers can wait on it).
 const RELOCATE_BATCH_BYTES: u64 = 1 << 20;
+/// Compaction seals the active segment first if it is more than 1/`ROLL_FRACTION` full.
+const ROLL_FRACTION: u64 = 8;
 /// Most messages per relocation batch.
 const RELOCATE_BATCH_MESSAGES: usize = 1024;
 
@@ -162,6 +164,11 @@ impl Store {
         self.check_open()?;
         let _one = lock(&self.inner.compacting);
         let mut report = CompactionReport::default();
+        // Seal the active segment if it holds much: recovery from the checkpoint then scans
+        // little of it, and it becomes a candidate for relocation and deletion now.
+        self.inner
+            .log
+            .roll(self.inner.opts.log.segment_size / ROLL_FRACTION)?;
         self.relocate_sparse(&mut report)?;
         self.checkpoint(&mut report)?;
         if self.pinned_by_older() {
