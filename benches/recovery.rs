@@ -103,7 +103,11 @@ fn recovery_history(c: &mut Criterion) {
     for compacted in [false, true] {
         for history in [10_000_u64, 100_000, 400_000] {
             let dir = build_history(history, compacted);
-            let name = if compacted { "checkpoint" } else { "full_replay" };
+            let name = if compacted {
+                "checkpoint"
+            } else {
+                "full_replay"
+            };
             group.bench_with_input(BenchmarkId::new(name, history), &history, |b, _| {
                 b.iter_custom(|iters| {
                     let mut total = Duration::ZERO;
