@@ -424,44 +424,43 @@ impl Shared {
     }
 
     pub(super) fn purge_before(&self, before: SegmentId) -> Result<usize> {
-        let w = self.lock_writer();
-        w.check_writable()?;
-        let active = w.active.id;
-        drop(w);
-        let doomed: Vec<Arc<Segment>> = {
-            let segments = self
-                .segments
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.remove_sealed_where(|segments, active| {
             segments
                 .range(..before.min(active))
                 .map(|(_, s)| Arc::clone(s))
                 .collect()
-        };
-        if let Err(err) = self.remove_segments(&doomed) {
-            // Which removals are durable is unknown now: stop writing, as after a failed
-            // fsync.
-            self.lock_writer().poison(&err);
-            self.synced.notify_all();
-            return Err(err);
-        }
-        Ok(doomed.len())
+        })
     }
 
     pub(super) fn remove_sealed(&self, ids: &[SegmentId]) -> Result<usize> {
-        let w = self.lock_writer();
-        w.check_writable()?;
-        let active = w.active.id;
-        drop(w);
-        let doomed: Vec<Arc<Segment>> = {
-            let segments = self
-                .segments
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.remove_sealed_where(|segments, active| {
             ids.iter()
                 .filter(|&&id| id < active)
                 .filter_map(|id| segments.get(id).cloned())
                 .collect()
+        })
+    }
+
+    /// Deletes the segments `pick` chooses from the segment map (given the active segment's
+    /// id), then syncs the directory. On an I/O error the log is poisoned: which removals
+    /// are durable is unknown then, as after a failed fsync.
+    fn remove_sealed_where(
+        &self,
+        pick: impl FnOnce(
+            &std::collections::BTreeMap<SegmentId, Arc<Segment>>,
+            SegmentId,
+        ) -> Vec<Arc<Segment>>,
+    ) -> Result<usize> {
+        let w = self.lock_writer();
+        w.check_writable()?;
+        let active = w.active.id;
+        drop(w);
+        let doomed = {
+            let segments = self
+                .segments
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            pick(&segments, active)
         };
         if let Err(err) = self.remove_segments(&doomed) {
             self.lock_writer().poison(&err);
