@@ -37,6 +37,12 @@
 //! median over rounds is compared with the targets. MB is 10^6 bytes: of payload, or of
 //! log for the two recovery rows.
 //!
+//! `--compaction-latency [DIR]` measures something else, alone: the latency of durable
+//! 256-byte publishes (`FsyncPolicy::Always`, one producer) on a store holding 300,000
+//! messages of which every 30th is unacked, first with no compaction, then while another
+//! thread runs `Store::compact` back to back (checkpoints of 10,000 unsettled messages,
+//! relocation of the stragglers, segment deletion). It prints p50, p99 and the maximum.
+//!
 //! The tool re-runs itself with `--rss-child DIR COUNT` to measure memory in a fresh
 //! process; that flag is not meant to be used by hand.
 //!
@@ -229,6 +235,7 @@ fn main() -> AnyResult<()> {
     match args.first().map(String::as_str) {
         Some("--rss-child") => return rss_child(&args[1..]),
         Some("--profile") => return profile(&args[1..]),
+        Some("--compaction-latency") => return compaction_latency(args.get(1)),
         _ => {}
     }
     let mut quick = false;
@@ -1036,4 +1043,95 @@ fn print_report(rounds: &[Vec<Sample>], rss: &Rss, plan: &Plan, quick: bool) {
         verdict(per_message <= 8.0)
     );
     println!();
+}
+
+/// `--compaction-latency [DIR]`: publish latency with and without compaction running.
+fn compaction_latency(dir: Option<&String>) -> AnyResult<()> {
+    let base = match dir {
+        Some(dir) => PathBuf::from(dir),
+        None => std::env::var_os("WALQ_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from),
+    };
+    let tmp = tempfile::tempdir_in(base)?;
+    let no_background = walq::CompactionOptions::new().background(None);
+    // The history, quickly: published and mostly acked under `Never`.
+    {
+        let store = Store::open(
+            tmp.path(),
+            StoreOptions::new()
+                .fsync(FsyncPolicy::Never)
+                .compaction(no_background.clone()),
+        )?;
+        let queue = store.declare_queue("bench")?;
+        let batch = vec![[0x5a_u8; 100]; 1000];
+        for _ in 0..300 {
+            queue.publish_batch(&batch)?;
+        }
+        let mut held = Vec::new();
+        while let Some(d) = queue.try_receive()? {
+            if d.id.get() % 30 == 0 {
+                held.push(d.id);
+            } else {
+                queue.ack(d.id)?;
+            }
+        }
+        for id in held {
+            queue.nack(id, true)?;
+        }
+        store.close()?;
+    }
+    let store = Store::open(
+        tmp.path(),
+        StoreOptions::new()
+            .fsync(FsyncPolicy::Always)
+            .compaction(no_background),
+    )?;
+    let queue = store.declare_queue("bench")?;
+    const PUBLISHES: usize = 3000;
+    let measure = |queue: &Queue| -> AnyResult<Vec<Duration>> {
+        let mut times = Vec::with_capacity(PUBLISHES);
+        for _ in 0..PUBLISHES {
+            let start = Instant::now();
+            queue.publish(&PAYLOAD_256)?;
+            times.push(start.elapsed());
+        }
+        times.sort_unstable();
+        Ok(times)
+    };
+    let quiet = measure(&queue)?;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (busy, compactions) = std::thread::scope(|scope| -> AnyResult<_> {
+        let compactor = scope.spawn(|| -> walq::Result<u32> {
+            let mut runs = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                store.compact()?;
+                runs += 1;
+            }
+            Ok(runs)
+        });
+        let busy = measure(&queue);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let runs = compactor
+            .join()
+            .map_err(|_| "the compaction thread panicked")??;
+        Ok((busy?, runs))
+    })?;
+    store.close()?;
+    let at = |times: &[Duration], p: f64| {
+        let i = ((times.len() as f64 * p).ceil() as usize).clamp(1, times.len()) - 1;
+        times[i].as_secs_f64() * 1e3
+    };
+    println!("| durable publish, 256 B | p50 ms | p99 ms | max ms |");
+    println!("|---|---:|---:|---:|");
+    for (name, times) in [
+        ("no compaction".to_string(), &quiet),
+        (format!("{compactions} compactions running"), &busy),
+    ] {
+        println!(
+            "| {name} | {:.3} | {:.3} | {:.3} |",
+            at(times, 0.5),
+            at(times, 0.99),
+            at(times, 1.0)
+        );
+    }
+    Ok(())
 }
