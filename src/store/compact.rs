@@ -160,6 +160,36 @@ impl Store {
     /// fsync per step. Errors: [`Error::Closed`], [`Error::Poisoned`], [`Error::Io`] (which
     /// poisons the store if it hit the log), [`Error::Corruption`] if a record it must copy
     /// is damaged.
+    ///
+    /// ```
+    /// use walq::{CompactionOptions, Store, StoreOptions};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let options = StoreOptions::new()
+    ///     .segment_size(64 << 10)
+    ///     .compaction(CompactionOptions::new().background(None));
+    /// let store = Store::open(dir.path(), options.clone())?;
+    /// let jobs = store.declare_queue("jobs")?;
+    /// for _ in 0..2000 {
+    ///     jobs.publish(&[0u8; 200])?;
+    /// }
+    /// // All but the first message are acknowledged: one straggler pins its segment.
+    /// let straggler = jobs.try_receive()?.expect("published").id;
+    /// while let Some(d) = jobs.try_receive()? {
+    ///     jobs.ack(d.id)?;
+    /// }
+    /// jobs.nack(straggler, true)?;
+    /// let report = store.compact()?;
+    /// assert_eq!(report.relocated_messages, 1); // the straggler moved to the head
+    /// assert!(!report.segments_deleted.is_empty());
+    /// drop(jobs);
+    /// store.close()?;
+    ///
+    /// let store = Store::open(dir.path(), options)?;
+    /// assert!(store.recovery_report().checkpoint.is_some());
+    /// assert_eq!(store.queue("jobs")?.stats().ready, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn compact(&self) -> Result<CompactionReport> {
         self.check_open()?;
         let _one = lock(&self.inner.compacting);
