@@ -318,9 +318,11 @@ pub fn redrive(dir: &Path, dlq: &str, options: &WriteOptions) -> Outcome {
 /// Runs `walq compact DIR`.
 pub fn compact(dir: &Path, options: &WriteOptions) -> Outcome {
     let store = open_for_writing(dir, false, options, true)?;
+    let spinner = crate::output::spinner("compacting");
     let result = store
         .compact()
         .map_err(|e| Failure::Message(format!("compaction failed: {e}")));
+    spinner.finish_and_clear();
     let closed = store.close();
     let report = result?;
     closed.map_err(|e| Failure::Message(e.to_string()))?;

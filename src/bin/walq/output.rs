@@ -30,6 +30,18 @@ pub fn progress(total: u64, message: &'static str) -> ProgressBar {
     bar
 }
 
+/// A spinner with `message` for an operation of unknown length, shown only when stderr is a
+/// terminal.
+pub fn spinner(message: &'static str) -> ProgressBar {
+    if !io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_message(message);
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
+
 /// How payloads are shown: format and preview length.
 #[derive(Debug, Clone, Copy)]
 pub struct PayloadStyle {
