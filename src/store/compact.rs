@@ -275,7 +275,7 @@ impl Store {
         if threshold <= 0.0 {
             return Ok(());
         }
-        let sparse: Vec<SegmentId> = self
+        let sparse: std::collections::HashSet<SegmentId> = self
             .segment_stats()
             .into_iter()
             .filter(|s| !s.active && s.live_messages > 0 && s.live_fraction() < threshold)
