@@ -34,7 +34,7 @@ use std::sync::Arc;
 
 use walq::io::{CrashMode, MemVfs, SimVfs, Vfs};
 use walq::{
-    Consumer, ConsumerOptions, Error, FsyncPolicy, MessageId, Queue, QueueOptions, Store,
+    CompactionOptions, Consumer, ConsumerOptions, Error, FsyncPolicy, MessageId, Queue, QueueOptions, Store,
     StoreOptions, MIN_SEGMENT_SIZE,
 };
 
@@ -510,6 +510,8 @@ pub fn api_model_target(data: &[u8]) -> ApiOutcome {
     let opts = StoreOptions::new()
         .segment_size(MIN_SEGMENT_SIZE)
         .persist_deliveries(persist)
+        // No background thread: every input must run the same way each time.
+        .compaction(CompactionOptions::new().background(None))
         .fsync(if flags & 4 != 0 {
             FsyncPolicy::Always
         } else {
