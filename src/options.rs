@@ -367,8 +367,8 @@ impl CompactionOptions {
     ///
     /// With threshold `t > 0`, after a compaction the log holds at most `live / t` bytes
     /// plus the two newest segments (the bound `docs/design.md` proves and
-    /// `tests/compaction_space_bound.rs` checks); relocation rewrites each live byte at
-    /// most once per compaction that finds its segment sparse.
+    /// `tests/compaction_reclaim.rs` checks for the default); relocation rewrites each live
+    /// byte at most once per compaction that finds its segment sparse.
     #[must_use]
     pub fn live_threshold(mut self, fraction: f64) -> Self {
         self.live_threshold = fraction;

@@ -45,20 +45,9 @@ fn example_binary(name: &str) -> PathBuf {
 
 #[test]
 fn work_queue_example_recovers_unacked_deliveries() {
-    let binary = example_binary("work_queue");
     let dir = tempfile::tempdir().expect("temp dir");
     let store = dir.path().join("store");
-    let output = Command::new(&binary)
-        .arg(&store)
-        .output()
-        .expect("run the example");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "example failed ({}):\n{stdout}\n{stderr}",
-        output.status
-    );
+    let stdout = run_example("work_queue", &[store.as_os_str()]);
 
     // The store really lives in the directory given on the command line.
     let names: Vec<String> = std::fs::read_dir(&store)
@@ -119,20 +108,9 @@ fn work_queue_example_recovers_unacked_deliveries() {
 
 #[test]
 fn dead_letter_example_dead_letters_the_poison_message_and_redrives_it() {
-    let binary = example_binary("dead_letter");
     let dir = tempfile::tempdir().expect("temp dir");
     let store_dir = dir.path().join("store");
-    let output = Command::new(&binary)
-        .arg(&store_dir)
-        .output()
-        .expect("run the example");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "example failed ({}):\n{stdout}\n{stderr}",
-        output.status
-    );
+    let stdout = run_example("dead_letter", &[store_dir.as_os_str()]);
     for n in 1..=3 {
         assert!(
             stdout.contains(&format!("\"resize corrupt.png\" (delivery {n}): failed")),
@@ -162,7 +140,7 @@ fn dead_letter_example_dead_letters_the_poison_message_and_redrives_it() {
     );
     assert_eq!((dead.ready, dead.unacked), (0, 0));
     drop(store);
-    let again = Command::new(&binary)
+    let again = Command::new(example_binary("dead_letter"))
         .arg(&store_dir)
         .output()
         .expect("rerun");
