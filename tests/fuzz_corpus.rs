@@ -164,6 +164,12 @@ fn replay_fuzz_corpus_and_artifacts() {
     );
     let at_open = expect_api("api_model/seed-limit-at-open");
     assert!(at_open.dropped == 2 && at_open.reopens == 2, "{at_open:?}");
+    let compact = expect_api("api_model/seed-compact");
+    assert!(
+        compact.compactions == 3 && compact.relocated >= 5 && compact.crashes == 1,
+        "{compact:?}"
+    );
+    assert!(compact.delivered >= 45, "{compact:?}");
     // Last, so that the seed checks above still run while a saved input fails.
     assert!(failed.is_empty(), "inputs that panic: {failed:#?}");
 }
@@ -261,7 +267,7 @@ fn api_basic() -> Vec<u8> {
     s.extend([RECEIVE, 1, RECEIVE, 1, REJECT, 1]); // #3, #4 out; reject #3
     s.extend([REOPEN, 0]); // #1, #4 come back, redelivered
     s.extend([RECEIVE, 0, RECEIVE, 0, VIA_QUEUE, 0, 0, 0]);
-    s.extend([SYNC, REOPEN, 1]); // close and reopen
+    s.extend([SYNC, 0, REOPEN, 1]); // close and reopen
     s.extend([RECEIVE, 0, RECEIVE, 1, RECEIVE, 1, ACK, 0, ACK, 0, ACK, 0]);
     s
 }
@@ -344,6 +350,24 @@ fn api_limit_at_open() -> Vec<u8> {
     s
 }
 
+/// Compaction between operations: a sealed segment mostly acked has its stragglers
+/// relocated and is deleted; a crash after that recovers from the checkpoint.
+fn api_compact() -> Vec<u8> {
+    let mut s = vec![1 | 4]; // SimVfs, FsyncPolicy::Always
+    for _ in 0..15 {
+        s.extend([BATCH, 0, 3, 255]); // 45 messages, 11 KiB: over 1/8 of a segment
+    }
+    s.extend([SYNC, 1]); // compact: seals segment 0
+    for _ in 0..40 {
+        s.extend([RECEIVE, 0, ACK, 0]);
+    }
+    s.extend([SYNC, 1]); // compact: 5 of 45 live, relocated; segment 0 deleted
+    s.extend([REOPEN, 2]); // crash
+    s.extend([RECEIVE, 0, RECEIVE, 0, ACK, 1, SYNC, 1, REOPEN, 1]);
+    s.extend([RECEIVE, 0, RECEIVE, 0, RECEIVE, 0, RECEIVE, 0]);
+    s
+}
+
 #[test]
 #[ignore = "rewrites fuzz/corpus; run by hand"]
 fn generate_seed_corpus() {
@@ -407,6 +431,7 @@ fn generate_seed_corpus() {
         ("api_model", "seed-crash", api_crash()),
         ("api_model", "seed-delivery-limit", api_delivery_limit()),
         ("api_model", "seed-limit-at-open", api_limit_at_open()),
+        ("api_model", "seed-compact", api_compact()),
     ];
     for (target, name, bytes) in seeds {
         let dir = fuzz_dir().join("corpus").join(target);

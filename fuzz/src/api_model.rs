@@ -25,7 +25,8 @@
 // 11  consumer receive                 12  consumer settle [k, how % 4] (3: `ack_multiple`)
 // 13  reopen [mode % 3]: 0 drop every handle (the consumer first: it returns its deliveries),
 //     1 close then drop, 2 crash the process (`SimVfs`; with `MemVfs` the same as 1)
-// 14  sync                             15  close or drop the consumer [how]
+// 14  sync, or compact if the operand is odd [how] (the replay count then restarts at the
+//     checkpoint)                      15  close or drop the consumer [how]
 // `k` picks the `k % n`-th delivery out, by id; `how % 3`: ack, nack requeue, reject.
 
 use std::collections::BTreeSet;
@@ -56,6 +57,10 @@ pub struct ApiOutcome {
     pub reopens: usize,
     /// Process crashes on `SimVfs`.
     pub crashes: usize,
+    /// Calls to `Store::compact`.
+    pub compactions: usize,
+    /// Messages those calls relocated.
+    pub relocated: u64,
     /// Operations that failed as the model expected.
     pub errors: usize,
     /// Messages dropped (rejected, or over the delivery limit), by the end.
@@ -763,7 +768,18 @@ pub fn api_model_target(data: &[u8]) -> ApiOutcome {
                 sut.open();
                 check_reopened(&sut, replayed, step);
             }
-            14 => sut.store().sync().expect("sync"),
+            14 => {
+                if s.u8() & 1 == 0 {
+                    sut.store().sync().expect("sync");
+                } else {
+                    outcome.compactions += 1;
+                    let report = sut.store().compact().expect("compact");
+                    assert!(report.checkpoints >= 1, "step {step}: {report:?}");
+                    outcome.relocated += report.relocated_messages;
+                    // A reopen replays only what follows the checkpoint.
+                    model.records = 0;
+                }
+            }
             _ => {
                 let close = s.u8() & 1 != 0;
                 if let Some(c) = sut.consumer.take() {
