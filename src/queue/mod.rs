@@ -6,16 +6,20 @@
 //! store writes them.
 //!
 //! # What is kept in memory per message
-//! - one 24-byte [`table`] slot (position of its publish record, queue, payload length,
-//!   state) from the oldest unsettled message to the newest one, so a long-unacked message
-//!   also keeps the slots of the settled messages after it until it settles;
-//! - 8 bytes (its id) in its queue's ready deque or requeued set while ready;
+//! - its [`table`] entry: about 7 bytes per id while most ids of its 1,024-id chunk are
+//!   unsettled (offset, payload length, state, and an index into the chunk's palette of
+//!   segments and queues), at most 32 bytes per unsettled message once a chunk is mostly
+//!   settled, nothing for a chunk that is all settled. A payload of 64 KiB or more, or a
+//!   chunk naming more than 16 (segment, queue) pairs, adds about 40 bytes for that message;
+//! - while ready, one bit in its queue's ready or requeued [`id_set`] (about 0.3 bytes per
+//!   message when ids are consecutive);
 //! - while delivered or delivered before: an entry in the delivery-count map; while out
 //!   with a consumer: an in-flight entry (and a lease entry with an ack timeout);
 //! - only if it has one: an expiry entry, a delay entry, a dead-letter origin entry.
 //!
 //! Payloads are never kept: a delivery reads its payload back from the segment.
 
+mod id_set;
 mod replay;
 mod snapshot;
 mod state;
@@ -150,7 +154,7 @@ impl State {
             let id = queue
                 .requeued
                 .pop_first()
-                .or_else(|| queue.ready.pop_front())?;
+                .or_else(|| queue.ready.pop_first())?;
             if self.is_waiting_in(id, q) && !self.delays.contains_key(&id) {
                 let len = self.slot_len(id);
                 let queue = self.queues.get_mut(q.0 as usize)?;
@@ -161,8 +165,7 @@ impl State {
         }
     }
 
-    /// Removes a waiting message from its queue's waiting structures (the ready deque is
-    /// cleaned lazily).
+    /// Removes a waiting message from its queue's waiting structures.
     fn unwait(&mut self, id: MessageId, q: QueueId) {
         let len = self.slot_len(id);
         let delay = self.delays.remove(&id);
@@ -175,7 +178,8 @@ impl State {
                 queue.delayed.remove(&(at, id));
             }
             None => {
-                queue.requeued.remove(&id);
+                queue.requeued.remove(id);
+                queue.ready.remove(id);
                 queue.ready_count -= 1;
             }
         }
@@ -271,10 +275,10 @@ impl State {
         }
         match fate {
             Fate::DeadLettered(to) => {
-                if let Some(slot) = self.table.get_mut(id) {
-                    slot.queue = to;
-                    slot.state = MsgState::Ready;
-                }
+                self.table.update(id, |s| {
+                    s.queue = to;
+                    s.state = MsgState::Ready;
+                });
                 self.origins.insert(
                     id,
                     Origin {
@@ -286,9 +290,7 @@ impl State {
                 Some(to)
             }
             Fate::Dropped => {
-                if let Some(slot) = self.table.get_mut(id) {
-                    slot.state = MsgState::Dropped;
-                }
+                self.table.update(id, |s| s.state = MsgState::Dropped);
                 self.origins.remove(&id);
                 self.table.prune();
                 None
@@ -365,7 +367,7 @@ impl State {
             })
             .unwrap_or_default();
         for (at, id) in due {
-            let slot = self.table.get(id).copied();
+            let slot = self.table.get(id);
             match slot {
                 Some(s) if s.queue == q && s.state == MsgState::Ready => {
                     self.unwait(id, q);
@@ -413,9 +415,7 @@ impl State {
             woken.extend(self.apply_fate(id, q, fate, MoveReason::DeliveryLimit, now));
             return Some(record);
         }
-        if let Some(slot) = self.table.get_mut(id) {
-            slot.state = MsgState::Ready;
-        }
+        self.table.update(id, |s| s.state = MsgState::Ready);
         self.enqueue(id, q, now, not_before);
         woken.push(q);
         Some(OwnedRecord {
@@ -581,9 +581,7 @@ impl State {
         self.drop_expiry(id, q);
         self.deliveries.remove(&id);
         self.origins.remove(&id);
-        if let Some(slot) = self.table.get_mut(id) {
-            slot.state = MsgState::Acked;
-        }
+        self.table.update(id, |s| s.state = MsgState::Acked);
         self.acked_total += 1;
         if let Some(queue) = self.queue_mut(q) {
             queue.counters.acked += 1;
@@ -610,9 +608,7 @@ impl State {
             };
             self.unwait(id, dlq);
             self.deliveries.remove(&id);
-            if let Some(slot) = self.table.get_mut(id) {
-                slot.queue = origin.queue;
-            }
+            self.table.update(id, |s| s.queue = origin.queue);
             self.enqueue(id, origin.queue, now, 0);
             records.push(OwnedRecord {
                 kind: RecordKind::Move,

@@ -196,9 +196,7 @@ impl Replayer {
 
     /// Forgets everything about a message that leaves the table.
     fn forget(&mut self, id: MessageId, state: MsgState) {
-        if let Some(slot) = self.state.table.get_mut(id) {
-            slot.state = state;
-        }
+        self.state.table.update(id, |s| s.state = state);
         self.state.deliveries.remove(&id);
         self.state.expiries.remove(&id);
         self.state.delays.remove(&id);
@@ -298,9 +296,9 @@ impl Replayer {
         self.state.deliveries.remove(&id);
         self.state.expiries.remove(&id);
         self.state.delays.remove(&id);
-        if let Some(slot) = self.state.table.get_mut(id) {
-            slot.queue = QueueId(mv.to_queue);
-        }
+        self.state
+            .table
+            .update(id, |s| s.queue = QueueId(mv.to_queue));
         if mv.reason == MoveReason::Redrive {
             self.state.origins.remove(&id);
         } else {
@@ -333,12 +331,12 @@ impl Replayer {
                 format!("relocated copy of message {id}, which was already settled"),
             ));
         }
-        if let Some(slot) = self.state.table.get_mut(id) {
-            slot.segment = pos.segment.0;
-            slot.offset = u32::try_from(pos.offset).unwrap_or(u32::MAX);
-            slot.queue = queue;
-            slot.len = u32::try_from(copy.payload.len()).unwrap_or(u32::MAX);
-        }
+        self.state.table.update(id, |s| {
+            s.segment = pos.segment.0;
+            s.offset = u32::try_from(pos.offset).unwrap_or(u32::MAX);
+            s.queue = queue;
+            s.len = u32::try_from(copy.payload.len()).unwrap_or(u32::MAX);
+        });
         let s = &mut self.state;
         match copy.delivery_count {
             0 => s.deliveries.remove(&id),
@@ -374,7 +372,7 @@ impl Replayer {
         let live: Vec<(MessageId, QueueId)> = self
             .state
             .table
-            .iter()
+            .live()
             .filter(|(_, slot)| slot.state == MsgState::Ready)
             .map(|(id, slot)| (id, slot.queue))
             .collect();

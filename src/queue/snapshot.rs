@@ -43,7 +43,7 @@ impl State {
             .collect();
         let messages = self
             .table
-            .iter()
+            .live()
             .filter(|(_, slot)| !slot.state.is_settled())
             .map(|(id, slot)| {
                 let mut count = self.deliveries.get(&id).copied().unwrap_or(0);

@@ -2,6 +2,8 @@
 //! timers and its counters.
 
 use std::collections::{BTreeSet, VecDeque};
+
+use super::id_set::IdSet;
 use std::sync::{Arc, Condvar};
 
 use crate::format::{QueueSettings, NO_QUEUE};
@@ -12,12 +14,11 @@ use crate::ids::{MessageId, QueueId};
 pub(crate) struct QueueState {
     pub(crate) name: Arc<str>,
     pub(crate) settings: QueueSettings,
-    /// Never-delivered ready messages in id (= publish) order. Entries are removed lazily:
-    /// an entry whose message is no longer ready in this queue is skipped when popped.
-    pub(crate) ready: VecDeque<MessageId>,
+    /// Never-delivered ready messages, delivered in id (= publish) order.
+    pub(crate) ready: IdSet,
     /// Ready messages that were delivered before (requeued, lease expired, or out with a
     /// consumer at a crash); served first, oldest id first.
-    pub(crate) requeued: BTreeSet<MessageId>,
+    pub(crate) requeued: IdSet,
     /// Messages waiting for their delay, by due time.
     pub(crate) delayed: BTreeSet<(u64, MessageId)>,
     /// Messages with an expiry, by expiry time (waiting or out with a consumer).
@@ -57,8 +58,8 @@ impl QueueState {
         QueueState {
             name,
             settings,
-            ready: VecDeque::new(),
-            requeued: BTreeSet::new(),
+            ready: IdSet::default(),
+            requeued: IdSet::default(),
             delayed: BTreeSet::new(),
             expiry: BTreeSet::new(),
             leases: BTreeSet::new(),
@@ -78,17 +79,11 @@ impl QueueState {
             .then_some(QueueId(self.settings.dead_letter_queue))
     }
 
-    /// Adds a never-delivered message in id order. Concurrent publishers confirm out of
-    /// order now and then; inserting by id keeps live delivery order equal to log order (and
-    /// so to the order after a reopen). Cost: O(1) when ids arrive in order, else the number
-    /// of later ids already queued.
+    /// Adds a never-delivered message. Concurrent publishers confirm out of order now and
+    /// then; the set keeps live delivery order equal to log order (and so to the order
+    /// after a reopen). Cost: O(log n).
     pub(crate) fn insert_ready(&mut self, id: MessageId) {
-        let at = self
-            .ready
-            .iter()
-            .rposition(|&other| other < id)
-            .map_or(0, |i| i + 1);
-        self.ready.insert(at, id);
+        self.ready.insert(id);
     }
 
     /// Messages waiting: ready or delayed.

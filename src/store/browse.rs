@@ -90,7 +90,6 @@ impl Queue {
                 .requeued
                 .iter()
                 .chain(queue.ready.iter())
-                .copied()
                 .filter(|&id| is_ready_in(&state, id, self.id, now) && taken.insert(id))
                 .take(max)
                 .filter_map(|id| {

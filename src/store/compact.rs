@@ -236,7 +236,7 @@ impl Store {
     fn live_per_segment(&self) -> HashMap<SegmentId, (u64, u64)> {
         let state = lock(&self.inner.state);
         let mut live: HashMap<SegmentId, (u64, u64)> = HashMap::new();
-        for (_, slot) in state.table.iter() {
+        for (_, slot) in state.table.live() {
             if !slot.state.is_settled() {
                 let entry = live.entry(SegmentId(slot.segment)).or_default();
                 entry.0 += 1;
@@ -288,7 +288,7 @@ impl Store {
             let state = lock(&self.inner.state);
             state
                 .table
-                .iter()
+                .live()
                 .filter(|(_, slot)| {
                     !slot.state.is_settled() && sparse.contains(&SegmentId(slot.segment))
                 })
@@ -336,7 +336,7 @@ impl Store {
         let mut fixed = Vec::new();
         let mut ids = Vec::new();
         for (id, pos, (header, payload)) in &read {
-            let Some(slot) = state.table.get(*id).copied() else {
+            let Some(slot) = state.table.get(*id) else {
                 continue;
             };
             if slot.position() != *pos
@@ -391,10 +391,10 @@ impl Store {
                 .collect();
             let appended = self.inner.log.write(&group)?;
             for (&(id, payload), pos) in ids[start..end].iter().zip(&appended.positions) {
-                if let Some(slot) = state.table.get_mut(id) {
-                    slot.segment = pos.segment.0;
-                    slot.offset = u32::try_from(pos.offset).unwrap_or(u32::MAX);
-                }
+                state.table.update(id, |s| {
+                    s.segment = pos.segment.0;
+                    s.offset = u32::try_from(pos.offset).unwrap_or(u32::MAX);
+                });
                 report.relocated_messages += 1;
                 report.relocated_bytes += payload.len() as u64;
             }

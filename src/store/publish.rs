@@ -134,9 +134,7 @@ impl Store {
         committed?;
         let now = self.now();
         for &id in &ids {
-            if let Some(slot) = state.table.get_mut(id) {
-                slot.state = MsgState::Ready;
-            }
+            state.table.update(id, |s| s.state = MsgState::Ready);
             state.enqueue(id, q, now, not_before_ms);
             state.set_expiry(id, q, expires_ms);
         }

@@ -168,16 +168,16 @@ impl Store {
             }
             None => Arc::from(""),
         };
-        let pos = match state.table.get_mut(id) {
-            Some(slot) => {
-                slot.state = MsgState::InFlight;
-                slot.position()
-            }
-            None => Position {
+        let pos = state
+            .table
+            .update(id, |s| {
+                s.state = MsgState::InFlight;
+                s.position()
+            })
+            .unwrap_or(Position {
                 segment: crate::SegmentId(0),
                 offset: 0,
-            },
-        };
+            });
         let dead_letter = origin
             .zip(original_queue)
             .map(|(o, original_queue)| DeadLetter {
@@ -210,9 +210,7 @@ impl Store {
                         state.deliveries.remove(&id);
                     }
                 }
-                if let Some(slot) = state.table.get_mut(id) {
-                    slot.state = MsgState::Ready;
-                }
+                state.table.update(id, |s| s.state = MsgState::Ready);
                 let now = self.now();
                 state.enqueue(id, q, now, 0);
                 if let Some(queue) = state.queue(q) {

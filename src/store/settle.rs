@@ -134,9 +134,7 @@ impl Store {
             let mut records = Vec::new();
             let mut acked = Vec::new();
             for (&id, &q) in ids.iter().zip(&queues) {
-                if let Some(slot) = state.table.get_mut(id) {
-                    slot.state = MsgState::Settling;
-                }
+                state.table.update(id, |s| s.state = MsgState::Settling);
                 let plan = match action {
                     Action::Ack => {
                         acked.push(id);
@@ -199,9 +197,7 @@ impl Store {
         let mut state = lock(&self.inner.state);
         if let Err(err) = result {
             for &(id, _, _) in &plans {
-                if let Some(slot) = state.table.get_mut(id) {
-                    slot.state = MsgState::InFlight;
-                }
+                state.table.update(id, |s| s.state = MsgState::InFlight);
             }
             return Err(err);
         }
@@ -212,9 +208,7 @@ impl Store {
             match plan {
                 Plan::Ack => state.mark_acked(id, q),
                 Plan::Back { not_before, .. } => {
-                    if let Some(slot) = state.table.get_mut(id) {
-                        slot.state = MsgState::Ready;
-                    }
+                    state.table.update(id, |s| s.state = MsgState::Ready);
                     state.enqueue(id, q, now, not_before);
                     woken.push(q);
                 }
