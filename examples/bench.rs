@@ -43,8 +43,14 @@
 //! thread runs `Store::compact` back to back (checkpoints of 10,000 unsettled messages,
 //! relocation of the stragglers, segment deletion). It prints p50, p99 and the maximum.
 //!
-//! The tool re-runs itself with `--rss-child DIR COUNT` to measure memory in a fresh
-//! process; that flag is not meant to be used by hand.
+//! `--memory [COUNT] [DIR]` measures memory alone: COUNT (default 10,000,000) messages of
+//! 100 B published under `FsyncPolicy::Never` in a fresh child process, then the store
+//! reopened in another; for each, the growth of `VmRSS` and `RssAnon` per queued message.
+//! `RssAnon` is the heap (what the engine holds per message); `VmRSS` also counts the
+//! pages of mapped segment files the process touched, which the kernel can drop.
+//!
+//! The tool re-runs itself with `--rss-child PHASE STORE COUNT` to measure memory in a
+//! fresh process; that flag is not meant to be used by hand.
 //!
 //! For profilers, `--profile WORKLOAD COUNT [DIR]` runs one workload a fixed number of
 //! times and nothing else (deterministic instruction counts under `valgrind`):
@@ -236,6 +242,7 @@ fn main() -> AnyResult<()> {
         Some("--rss-child") => return rss_child(&args[1..]),
         Some("--profile") => return profile(&args[1..]),
         Some("--compaction-latency") => return compaction_latency(args.get(1)),
+        Some("--memory") => return memory(&args[1..]),
         _ => {}
     }
     let mut quick = false;
@@ -727,6 +734,8 @@ struct Rss {
     rss_after_kb: u64,
     anon_before_kb: u64,
     anon_after_kb: u64,
+    /// `VmHWM`: the peak `VmRSS` of the child, at any time.
+    peak_kb: u64,
 }
 
 impl Rss {
@@ -740,8 +749,8 @@ impl Rss {
     }
 }
 
-/// `VmRSS` and `RssAnon` of this process, in kB.
-fn rss_kb() -> AnyResult<(u64, u64)> {
+/// `VmRSS`, `RssAnon` and `VmHWM` of this process, in kB.
+fn rss_kb() -> AnyResult<(u64, u64, u64)> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let field = |name: &str| -> AnyResult<u64> {
         let line = status
@@ -755,20 +764,22 @@ fn rss_kb() -> AnyResult<(u64, u64)> {
             .parse()?;
         Ok(kb)
     };
-    Ok((field("VmRSS:")?, field("RssAnon:")?))
+    Ok((field("VmRSS:")?, field("RssAnon:")?, field("VmHWM:")?))
 }
 
-/// Runs this program again as `--rss-child`, in a fresh process whose heap holds nothing
-/// else, and parses what it reports.
-fn rss_per_message(dir: &Path, messages: u64) -> AnyResult<Rss> {
+/// Runs this program again as `--rss-child PHASE STORE COUNT`, in a fresh process whose
+/// heap holds nothing else, and parses what it reports. `publish` creates the store at
+/// `store` and queues `count` messages; `reopen` opens it again.
+fn rss_child_run(phase: &str, store: &Path, messages: u64) -> AnyResult<Rss> {
     let output = Command::new(std::env::current_exe()?)
         .arg("--rss-child")
-        .arg(dir)
+        .arg(phase)
+        .arg(store)
         .arg(messages.to_string())
         .output()?;
     if !output.status.success() {
         return Err(format!(
-            "rss child failed: {}",
+            "rss child ({phase}) failed: {}",
             String::from_utf8_lossy(&output.stderr)
         )
         .into());
@@ -779,7 +790,7 @@ fn rss_per_message(dir: &Path, messages: u64) -> AnyResult<Rss> {
         .skip(1)
         .map(str::parse)
         .collect::<Result<_, _>>()?;
-    let [rss_before_kb, rss_after_kb, anon_before_kb, anon_after_kb] = numbers[..] else {
+    let [rss_before_kb, rss_after_kb, anon_before_kb, anon_after_kb, peak_kb] = numbers[..] else {
         return Err(format!("unexpected rss child output {text:?}").into());
     };
     Ok(Rss {
@@ -788,35 +799,105 @@ fn rss_per_message(dir: &Path, messages: u64) -> AnyResult<Rss> {
         rss_after_kb,
         anon_before_kb,
         anon_after_kb,
+        peak_kb,
     })
 }
 
-/// The child: opens a store under `FsyncPolicy::Never`, publishes COUNT 100-byte messages
-/// (in batches of 1000) and prints `RSS before after anon_before anon_after` in kB.
+/// Memory per queued message while publishing, in a store under `dir` removed afterwards.
+fn rss_per_message(dir: &Path, messages: u64) -> AnyResult<Rss> {
+    let store = tempfile::Builder::new().prefix("rss").tempdir_in(dir)?;
+    rss_child_run("publish", &store.path().join("store"), messages)
+}
+
+/// The child. `publish`: opens a new store under `FsyncPolicy::Never` (compaction at its
+/// defaults), publishes COUNT 100-byte messages in batches of 1000 (one batch before the
+/// first reading, so that buffers allocated once are in it), closes it. `reopen`: opens
+/// that store again (recovery rebuilds the table of the COUNT + 1000 queued messages).
+/// Prints `RSS before after anon_before anon_after peak` in kB.
 fn rss_child(args: &[String]) -> AnyResult<()> {
-    let [dir, count] = args else {
-        return Err("usage: --rss-child DIR COUNT".into());
+    let [phase, dir, count] = args else {
+        return Err("usage: --rss-child publish|reopen STORE COUNT".into());
     };
     let count: u64 = count.parse()?;
-    let dir = tempfile::Builder::new().prefix("rss").tempdir_in(dir)?;
-    let store = Store::open(dir.path(), StoreOptions::new().fsync(FsyncPolicy::Never))?;
-    let queue = store.declare_queue("bench")?;
-    let batch: Vec<[u8; 100]> = vec![[0x42; 100]; 1000];
-    // One batch first, so that buffers that are allocated once are in "before".
-    queue.publish_batch(&batch)?;
-    let (rss_before, anon_before) = rss_kb()?;
-    let mut published = 0;
-    while published < count {
-        queue.publish_batch(&batch)?;
-        published += batch.len() as u64;
+    let mut options = StoreOptions::new().fsync(FsyncPolicy::Never);
+    if std::env::var_os("XX_NOCOMPACT").is_some() {
+        options = options.compaction(walq::CompactionOptions::new().background(None));
     }
-    let (rss_after, anon_after) = rss_kb()?;
+    let (store, before) = match phase.as_str() {
+        "publish" => {
+            let store = Store::open(dir, options)?;
+            let queue = store.declare_queue("bench")?;
+            let batch: Vec<[u8; 100]> = vec![[0x42; 100]; 1000];
+            queue.publish_batch(&batch)?;
+            let before = rss_kb()?;
+            let mut published = 0;
+            while published < count {
+                queue.publish_batch(&batch)?;
+                published += batch.len() as u64;
+            }
+            (store, before)
+        }
+        "reopen" => {
+            let before = rss_kb()?;
+            (Store::open(dir, options)?, before)
+        }
+        other => return Err(format!("unknown rss phase {other:?}").into()),
+    };
+    let after = rss_kb()?;
     let ready = store.stats().ready;
     if ready != count + 1000 {
         return Err(format!("expected {} queued messages, found {ready}", count + 1000).into());
     }
-    println!("RSS {rss_before} {rss_after} {anon_before} {anon_after}");
+    println!(
+        "RSS {} {} {} {} {}",
+        before.0, after.0, before.1, after.1, after.2
+    );
     store.close()?;
+    Ok(())
+}
+
+/// `--memory [COUNT] [DIR]`: see the module docs.
+fn memory(args: &[String]) -> AnyResult<()> {
+    let count: u64 = match args.first() {
+        Some(n) => n.parse()?,
+        None => 10_000_000,
+    };
+    let base = match args.get(1) {
+        Some(d) => PathBuf::from(d),
+        None => std::env::var_os("WALQ_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from),
+    };
+    std::fs::create_dir_all(&base)?;
+    let work = tempfile::Builder::new()
+        .prefix("walq-memory")
+        .tempdir_in(&base)?;
+    let store = work.path().join("store");
+    eprintln!("publishing {count} messages of 100 B");
+    let started = Instant::now();
+    let published = rss_child_run("publish", &store, count)?;
+    let publish_time = started.elapsed();
+    eprintln!("reopening");
+    let started = Instant::now();
+    let reopened = rss_child_run("reopen", &store, count)?;
+    let reopen_time = started.elapsed();
+    println!("\n### resident memory per queued message ({count} × 100 B, `Never`)\n");
+    println!(
+        "| phase | time | VmRSS growth | RssAnon growth | VmRSS / msg | RssAnon / msg | peak VmRSS |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (name, rss, time) in [
+        ("publish", &published, publish_time),
+        ("reopen (recovery)", &reopened, reopen_time),
+    ] {
+        println!(
+            "| {name} | {:.1} s | {:.1} MB | {:.1} MB | {:.2} B | {:.2} B | {:.1} MB |",
+            time.as_secs_f64(),
+            (rss.rss_after_kb.saturating_sub(rss.rss_before_kb)) as f64 * 1024.0 / 1e6,
+            (rss.anon_after_kb.saturating_sub(rss.anon_before_kb)) as f64 * 1024.0 / 1e6,
+            rss.per_message(),
+            rss.anon_per_message(),
+            rss.peak_kb as f64 * 1024.0 / 1e6
+        );
+    }
     Ok(())
 }
 

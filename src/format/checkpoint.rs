@@ -144,6 +144,7 @@ fn put(out: &mut Vec<u8>, mut v: u64) {
 }
 
 /// Reads varints and bytes from a body, front to back.
+#[derive(Debug, Clone)]
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
@@ -203,7 +204,28 @@ impl Checkpoint {
     /// Cost: linear in the number of messages; a typical message takes 8 to 12 bytes.
     #[must_use]
     pub fn encode(&self) -> Vec<u8> {
-        let mut body = Vec::with_capacity(64 + self.messages.len() * 12);
+        self.encode_with(self.messages.len(), self.messages.iter().copied())
+    }
+
+    /// Encodes the checkpoint with `messages` (sorted by id) in place of `self.messages`,
+    /// which is ignored: a store's checkpoint is written straight from its message table,
+    /// without a decoded copy of every message. `expected` (the number of messages, if
+    /// known) sizes the buffer once.
+    ///
+    /// Cost: linear in the number of messages, plus one move of the encoded messages.
+    #[must_use]
+    pub fn encode_with(
+        &self,
+        expected: usize,
+        messages: impl IntoIterator<Item = CheckpointMessage>,
+    ) -> Vec<u8> {
+        // The header is filled in last, over the body that follows it. A typical message
+        // takes at most 12 bytes; one allocation of the right size is also one the
+        // allocator hands back to the system when it is freed.
+        let queues: usize = self.queues.iter().map(|q| 80 + q.name.len()).sum();
+        let mut body =
+            Vec::with_capacity(CHECKPOINT_HEADER_LEN + 64 + queues + expected.saturating_mul(12));
+        body.resize(CHECKPOINT_HEADER_LEN, 0);
         for v in [
             self.segment,
             self.offset,
@@ -227,10 +249,15 @@ impl Checkpoint {
                 put(&mut body, c);
             }
         }
-        put(&mut body, self.messages.len() as u64);
+        // The count goes before the messages but is known after them: leave room for the
+        // longest varint, then close the gap.
+        let count_at = body.len();
+        body.extend_from_slice(&[0; 10]);
+        let mut count = 0u64;
         let mut prev_id = 0u64;
         let mut prev_segment = self.segment;
-        for m in &self.messages {
+        for m in messages {
+            count += 1;
             put(&mut body, m.id.wrapping_sub(prev_id));
             prev_id = m.id;
             // Zigzag delta: relocated messages sit in later segments than their neighbours.
@@ -264,20 +291,22 @@ impl Checkpoint {
                 body.push(reason as u8);
             }
         }
-        let mut out = vec![0u8; CHECKPOINT_HEADER_LEN];
+        let mut count_bytes = Vec::with_capacity(10);
+        put(&mut count_bytes, count);
+        body[count_at..count_at + count_bytes.len()].copy_from_slice(&count_bytes);
+        body.drain(count_at + count_bytes.len()..count_at + 10);
+        let body_len = (body.len() - CHECKPOINT_HEADER_LEN) as u64;
+        let body_crc = body_checksum(self.sequence, &body[CHECKPOINT_HEADER_LEN..]);
+        let out = &mut body[..CHECKPOINT_HEADER_LEN];
         out[MAGIC_OFF..VERSION_OFF].copy_from_slice(&CHECKPOINT_MAGIC);
         LE::write_u32(&mut out[VERSION_OFF..], CHECKPOINT_VERSION);
         LE::write_u32(&mut out[HEADER_LEN_OFF..], CHECKPOINT_HEADER_LEN as u32);
         LE::write_u64(&mut out[SEQUENCE_OFF..], self.sequence);
-        LE::write_u64(&mut out[BODY_LEN_OFF..], body.len() as u64);
-        LE::write_u32(
-            &mut out[BODY_CRC_OFF..],
-            body_checksum(self.sequence, &body),
-        );
+        LE::write_u64(&mut out[BODY_LEN_OFF..], body_len);
+        LE::write_u32(&mut out[BODY_CRC_OFF..], body_crc);
         let crc = crc32fast::hash(&out[..CRC_OFF]);
         LE::write_u32(&mut out[CRC_OFF..], crc);
-        out.extend_from_slice(&body);
-        out
+        body
     }
 
     /// Decodes and validates a whole checkpoint file.
@@ -287,6 +316,23 @@ impl Checkpoint {
     /// `next_message_id`, queues and origins naming declared queues, known flags and move
     /// reasons, no trailing bytes). Never panics; allocates at most in proportion to `bytes`.
     pub fn decode(bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
+        let (mut cp, messages) = Checkpoint::decode_lazy(bytes)?;
+        cp.messages.reserve(messages.count_declared());
+        for m in messages {
+            cp.messages.push(m?);
+        }
+        Ok(cp)
+    }
+
+    /// Decodes and validates the header, the scalars and the queues, and returns them with
+    /// the messages still encoded, as an iterator that decodes (and validates) each in
+    /// turn: a checkpoint of millions of messages is loaded without a decoded copy of all
+    /// of them. `messages` of the returned checkpoint is empty.
+    ///
+    /// Checks the same as [`Checkpoint::decode`], the messages' rules as they are read.
+    pub fn decode_lazy(
+        bytes: &[u8],
+    ) -> Result<(Checkpoint, CheckpointMessages<'_>), CheckpointError> {
         let head: &[u8; CHECKPOINT_HEADER_LEN] = bytes
             .get(..CHECKPOINT_HEADER_LEN)
             .and_then(|h| h.try_into().ok())
@@ -353,80 +399,131 @@ impl Checkpoint {
                 counters,
             });
         }
-        let messages = r.count(MIN_MESSAGE_LEN)?;
-        cp.messages.reserve(messages);
-        let mut prev_id = 0u64;
-        let mut prev_segment = cp.segment;
-        for i in 0..messages {
-            let delta = r.varint()?;
-            if i > 0 && delta == 0 {
-                return Err(CheckpointError::Invalid("message ids not increasing"));
-            }
-            let id = prev_id
-                .checked_add(delta)
-                .filter(|&id| id < cp.next_message_id)
-                .ok_or(CheckpointError::Invalid(
-                    "message id beyond next_message_id",
-                ))?;
-            prev_id = id;
-            let zz = r.varint()?;
-            let delta = ((zz >> 1) as i64) ^ -((zz & 1) as i64);
-            let segment = prev_segment.wrapping_add(delta as u64);
-            prev_segment = segment;
-            let offset = r.varint()?;
-            let len = r.u32()?;
-            let queue = r.u32()?;
-            if queue as usize >= cp.queues.len() {
-                return Err(CheckpointError::Invalid("message in an undeclared queue"));
-            }
-            let flags = r.bytes(1)?[0];
-            if flags & !KNOWN_FLAGS != 0 {
-                return Err(CheckpointError::Invalid("unknown message flags"));
-            }
-            let mut m = CheckpointMessage {
-                id,
-                segment,
-                offset,
-                len,
-                queue,
-                delivery_count: 0,
-                expires_ms: 0,
-                not_before_ms: 0,
-                origin: None,
-            };
-            // A flag announces a non-zero value: one encoding per checkpoint.
-            let nonzero = |v: u64| {
-                (v != 0)
-                    .then_some(v)
-                    .ok_or(CheckpointError::Invalid("zero value under a presence flag"))
-            };
-            if flags & FLAG_COUNT != 0 {
-                m.delivery_count = r.u32()?;
-                nonzero(u64::from(m.delivery_count))?;
-            }
-            if flags & FLAG_EXPIRES != 0 {
-                m.expires_ms = nonzero(r.varint()?)?;
-            }
-            if flags & FLAG_NOT_BEFORE != 0 {
-                m.not_before_ms = nonzero(r.varint()?)?;
-            }
-            if flags & FLAG_ORIGIN != 0 {
-                let from = r.u32()?;
-                let reason = MoveReason::from_u8(r.bytes(1)?[0])
-                    .ok_or(CheckpointError::Invalid("unknown move reason"))?;
-                if from as usize >= cp.queues.len() {
-                    return Err(CheckpointError::Invalid("origin is an undeclared queue"));
-                }
-                m.origin = Some((from, reason));
-            }
-            cp.messages.push(m);
+        let count = r.count(MIN_MESSAGE_LEN)?;
+        let messages = CheckpointMessages {
+            r,
+            remaining: count,
+            count,
+            prev_id: 0,
+            prev_segment: cp.segment,
+            next_message_id: cp.next_message_id,
+            queues: cp.queues.len(),
+        };
+        Ok((cp, messages))
+    }
+}
+
+/// The messages of a checkpoint, decoded one at a time (see [`Checkpoint::decode_lazy`]).
+///
+/// Yields an error for the first message that breaks a rule of the format, or, after the
+/// last message, for trailing bytes; then ends.
+#[derive(Debug, Clone)]
+pub struct CheckpointMessages<'a> {
+    r: Reader<'a>,
+    remaining: usize,
+    count: usize,
+    prev_id: u64,
+    prev_segment: u64,
+    next_message_id: u64,
+    queues: usize,
+}
+
+impl CheckpointMessages<'_> {
+    /// The number of messages the checkpoint declares (bounded by its bytes).
+    #[must_use]
+    pub fn count_declared(&self) -> usize {
+        self.count
+    }
+
+    fn decode_next(&mut self) -> Result<CheckpointMessage, CheckpointError> {
+        let r = &mut self.r;
+        let delta = r.varint()?;
+        if self.remaining + 1 < self.count && delta == 0 {
+            return Err(CheckpointError::Invalid("message ids not increasing"));
         }
-        if !r.0.is_empty() {
-            return Err(CheckpointError::Invalid(
+        let id = self
+            .prev_id
+            .checked_add(delta)
+            .filter(|&id| id < self.next_message_id)
+            .ok_or(CheckpointError::Invalid(
+                "message id beyond next_message_id",
+            ))?;
+        self.prev_id = id;
+        let zz = r.varint()?;
+        let delta = ((zz >> 1) as i64) ^ -((zz & 1) as i64);
+        let segment = self.prev_segment.wrapping_add(delta as u64);
+        self.prev_segment = segment;
+        let offset = r.varint()?;
+        let len = r.u32()?;
+        let queue = r.u32()?;
+        if queue as usize >= self.queues {
+            return Err(CheckpointError::Invalid("message in an undeclared queue"));
+        }
+        let flags = r.bytes(1)?[0];
+        if flags & !KNOWN_FLAGS != 0 {
+            return Err(CheckpointError::Invalid("unknown message flags"));
+        }
+        let mut m = CheckpointMessage {
+            id,
+            segment,
+            offset,
+            len,
+            queue,
+            delivery_count: 0,
+            expires_ms: 0,
+            not_before_ms: 0,
+            origin: None,
+        };
+        // A flag announces a non-zero value: one encoding per checkpoint.
+        let nonzero = |v: u64| {
+            (v != 0)
+                .then_some(v)
+                .ok_or(CheckpointError::Invalid("zero value under a presence flag"))
+        };
+        if flags & FLAG_COUNT != 0 {
+            m.delivery_count = r.u32()?;
+            nonzero(u64::from(m.delivery_count))?;
+        }
+        if flags & FLAG_EXPIRES != 0 {
+            m.expires_ms = nonzero(r.varint()?)?;
+        }
+        if flags & FLAG_NOT_BEFORE != 0 {
+            m.not_before_ms = nonzero(r.varint()?)?;
+        }
+        if flags & FLAG_ORIGIN != 0 {
+            let from = r.u32()?;
+            let reason = MoveReason::from_u8(r.bytes(1)?[0])
+                .ok_or(CheckpointError::Invalid("unknown move reason"))?;
+            if from as usize >= self.queues {
+                return Err(CheckpointError::Invalid("origin is an undeclared queue"));
+            }
+            m.origin = Some((from, reason));
+        }
+        Ok(m)
+    }
+}
+
+impl Iterator for CheckpointMessages<'_> {
+    type Item = Result<CheckpointMessage, CheckpointError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 {
+            if self.r.0.is_empty() {
+                return None;
+            }
+            self.r.0 = &[];
+            return Some(Err(CheckpointError::Invalid(
                 "trailing bytes after the last message",
-            ));
+            )));
         }
-        Ok(cp)
+        self.remaining -= 1;
+        let item = self.decode_next();
+        if item.is_err() {
+            // Nothing after a broken message can be trusted.
+            self.remaining = 0;
+            self.r.0 = &[];
+        }
+        Some(item)
     }
 }
 
@@ -507,6 +604,45 @@ mod tests {
         assert_eq!(Checkpoint::decode(&cp.encode()), Ok(cp));
         let empty = Checkpoint::default();
         assert_eq!(Checkpoint::decode(&empty.encode()), Ok(empty));
+    }
+
+    /// Streamed encoding writes the same bytes as encoding a decoded copy, whatever the
+    /// width of the message count, and lazy decoding yields the same messages.
+    #[test]
+    fn streamed_encoding_and_lazy_decoding_match_the_plain_ones() {
+        for n in [0u64, 1, 127, 128, 16_384, 40_000] {
+            let mut cp = sample();
+            cp.next_message_id = 100_000;
+            cp.messages = (0..n)
+                .map(|i| CheckpointMessage {
+                    id: i * 2 + 1,
+                    segment: 12 + i / 1000,
+                    offset: 64 + i * 140,
+                    len: 100,
+                    queue: (i % 2) as u32,
+                    delivery_count: (i % 3) as u32,
+                    expires_ms: 0,
+                    not_before_ms: 0,
+                    origin: None,
+                })
+                .collect();
+            let plain = cp.encode();
+            let head = Checkpoint {
+                messages: Vec::new(),
+                ..cp.clone()
+            };
+            assert_eq!(
+                head.encode_with(0, cp.messages.iter().copied()),
+                plain,
+                "{n}"
+            );
+            let (lazy_head, messages) = Checkpoint::decode_lazy(&plain).expect("valid");
+            assert_eq!(lazy_head, head);
+            assert_eq!(messages.count_declared() as u64, n);
+            let decoded: Vec<CheckpointMessage> =
+                messages.collect::<Result<_, _>>().expect("valid messages");
+            assert_eq!(decoded, cp.messages);
+        }
     }
 
     #[test]

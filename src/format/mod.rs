@@ -14,8 +14,8 @@ mod segment_header;
 
 pub use checkpoint::{
     checkpoint_file_name, parse_checkpoint_file_name, Checkpoint, CheckpointError,
-    CheckpointMessage, CheckpointQueue, CHECKPOINT_HEADER_LEN, CHECKPOINT_MAGIC,
-    CHECKPOINT_VERSION, MAX_CHECKPOINT_BODY, QUEUE_COUNTERS,
+    CheckpointMessage, CheckpointMessages, CheckpointQueue, CHECKPOINT_HEADER_LEN,
+    CHECKPOINT_MAGIC, CHECKPOINT_VERSION, MAX_CHECKPOINT_BODY, QUEUE_COUNTERS,
 };
 pub use closed_marker::{ClosedMarker, CLOSED_MAGIC, CLOSED_MARKER_LEN};
 pub use frame::{

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use super::{MsgState, Origin, QueueState, State};
 use crate::error::{Error, Result};
 use crate::format::{
-    AckBody, Checkpoint, DeliverBody, Disposition, MoveBody, MoveReason, PublishBody,
-    QueueDeclareBody, RecordKind, RelocateBody, RollbackBody, NO_QUEUE,
+    AckBody, Checkpoint, CheckpointError, CheckpointMessage, DeliverBody, Disposition, MoveBody,
+    MoveReason, PublishBody, QueueDeclareBody, RecordKind, RelocateBody, RollbackBody, NO_QUEUE,
 };
 use crate::ids::{MessageId, Position, QueueId};
 use crate::log::RecoveredRecord;
@@ -30,8 +30,20 @@ fn corrupt(pos: Position, reason: impl Into<String>) -> Error {
 
 impl Replayer {
     /// Starts from a checkpoint instead of an empty store: the records to apply next are
-    /// those after the checkpoint's position. The caller has decoded (so validated) it.
-    pub(crate) fn from_checkpoint(cp: &Checkpoint) -> Replayer {
+    /// those after the checkpoint's position. `cp` holds the header and queues, `messages`
+    /// yields its messages by increasing id (the caller validated them once already; a
+    /// message that fails now is reported as corruption of the checkpoint).
+    pub(crate) fn from_checkpoint(
+        cp: &Checkpoint,
+        messages: impl Iterator<Item = std::result::Result<CheckpointMessage, CheckpointError>>,
+    ) -> Result<Replayer> {
+        let bad = |e: CheckpointError| {
+            Error::corruption(
+                crate::ids::SegmentId(cp.segment),
+                cp.offset,
+                format!("checkpoint {}: {e}", cp.sequence),
+            )
+        };
         let mut state = State::default();
         for (i, q) in cp.queues.iter().enumerate() {
             let name: Arc<str> = q.name.as_str().into();
@@ -49,11 +61,16 @@ impl Replayer {
             };
             state.queues.push(queue);
         }
-        let base = cp.messages.first().map_or(cp.next_message_id, |m| m.id);
+        let mut messages = messages.peekable();
+        let base = match messages.peek() {
+            Some(Ok(m)) => m.id,
+            Some(Err(e)) => return Err(bad(e.clone())),
+            None => cp.next_message_id,
+        };
         state.table = super::MessageTable::starting_at(base);
-        let mut messages = cp.messages.iter().peekable();
         for id in base..cp.next_message_id {
-            let Some(m) = messages.next_if(|m| m.id == id) else {
+            let next = messages.next_if(|m| m.as_ref().map_or(true, |m| m.id == id));
+            let Some(m) = next.transpose().map_err(bad)? else {
                 // Settled before the checkpoint; pruned once the messages before it settle.
                 let nowhere = Position {
                     segment: crate::ids::SegmentId(0),
@@ -89,12 +106,18 @@ impl Replayer {
                 );
             }
         }
+        if let Some(extra) = messages.next() {
+            // Ids are checked below `next_message_id` as they are decoded.
+            return Err(bad(extra
+                .err()
+                .unwrap_or(CheckpointError::Invalid("messages out of order"))));
+        }
         state.acked_total = cp.acked_total;
         state.rejected_total = cp.rejected_total;
-        Replayer {
+        Ok(Replayer {
             state,
             seen_publish: true,
-        }
+        })
     }
 
     pub(crate) fn apply(&mut self, rec: RecoveredRecord<'_>) -> Result<()> {

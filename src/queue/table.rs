@@ -154,6 +154,8 @@ pub(crate) struct MessageTable {
     next: u64,
     chunks: VecDeque<Chunk>,
     wide: HashMap<u64, Wide>,
+    /// Unsettled entries.
+    live: u64,
 }
 
 impl MessageTable {
@@ -170,6 +172,7 @@ impl MessageTable {
             next: first,
             chunks: VecDeque::new(),
             wide: HashMap::new(),
+            live: 0,
         }
     }
 
@@ -259,6 +262,7 @@ impl MessageTable {
     fn write(&mut self, chunk: usize, index: usize, id: u64, slot: Slot, old: Option<Slot>) {
         let was_live = old.is_some_and(|s| !s.state.is_settled());
         let is_live = !slot.state.is_settled();
+        self.live = self.live + u64::from(is_live) - u64::from(was_live);
         let Some(c) = self.chunks.get_mut(chunk) else {
             return;
         };
@@ -453,6 +457,11 @@ impl MessageTable {
         })
     }
 
+    /// Number of unsettled messages.
+    pub(crate) fn live_count(&self) -> u64 {
+        self.live
+    }
+
     /// Number of ids the table spans (settled ones not yet released included).
     pub(crate) fn len(&self) -> usize {
         usize::try_from(self.next - self.base).unwrap_or(usize::MAX)
@@ -496,6 +505,7 @@ mod tests {
                 .filter(|&i| !model[i].state.is_settled())
                 .map(|i| 1000 + i as u64)
                 .collect();
+            assert_eq!(table.live_count(), want.len() as u64);
             assert_eq!(live, want);
         };
         for round in 0..6 {

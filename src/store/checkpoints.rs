@@ -12,10 +12,12 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::format::{
-    checkpoint_file_name, parse_checkpoint_file_name, Checkpoint, CHECKPOINT_HEADER_LEN,
+    checkpoint_file_name, parse_checkpoint_file_name, Checkpoint, CheckpointError,
+    CheckpointMessage, CHECKPOINT_HEADER_LEN,
 };
 use crate::ids::{Position, SegmentId};
 use crate::io::{read_exact_at, write_all_at, Vfs};
+use crate::queue::Snapshot;
 
 const TEMP_SUFFIX: &str = ".tmp";
 
@@ -33,14 +35,11 @@ pub(crate) struct Kept {
 }
 
 impl Kept {
-    pub(crate) fn of(cp: &Checkpoint) -> Kept {
+    pub(crate) fn of(snapshot: &Snapshot) -> Kept {
         Kept {
-            sequence: cp.sequence,
-            position: Position {
-                segment: SegmentId(cp.segment),
-                offset: cp.offset,
-            },
-            referenced: cp.messages.iter().map(|m| SegmentId(m.segment)).collect(),
+            sequence: snapshot.sequence,
+            position: snapshot.position,
+            referenced: snapshot.referenced.clone(),
         }
     }
 
@@ -50,13 +49,59 @@ impl Kept {
     }
 }
 
+/// A checkpoint file found valid at open, kept encoded: its messages are decoded again,
+/// one at a time, as recovery applies them.
+#[derive(Debug)]
+pub(crate) struct LoadedCheckpoint {
+    /// The header, scalars and queues (`messages` empty).
+    pub(crate) head: Checkpoint,
+    bytes: Vec<u8>,
+    pub(crate) kept: Kept,
+}
+
+impl LoadedCheckpoint {
+    /// Decodes and validates `bytes` in full, without keeping a decoded copy of the
+    /// messages.
+    fn decode(bytes: Vec<u8>) -> std::result::Result<LoadedCheckpoint, CheckpointError> {
+        let (head, messages) = Checkpoint::decode_lazy(&bytes)?;
+        let mut referenced = BTreeSet::new();
+        for m in messages {
+            referenced.insert(SegmentId(m?.segment));
+        }
+        let kept = Kept {
+            sequence: head.sequence,
+            position: Position {
+                segment: SegmentId(head.segment),
+                offset: head.offset,
+            },
+            referenced,
+        };
+        Ok(LoadedCheckpoint { head, bytes, kept })
+    }
+
+    /// Its messages, by increasing id (validated at load; an error here means the bytes
+    /// changed in memory, and is reported as corruption by the caller).
+    pub(crate) fn messages(
+        &self,
+    ) -> impl Iterator<Item = std::result::Result<CheckpointMessage, CheckpointError>> + '_ {
+        let lazy = Checkpoint::decode_lazy(&self.bytes);
+        let (first_error, messages) = match lazy {
+            Ok((_, messages)) => (None, Some(messages)),
+            Err(e) => (Some(Err(e)), None),
+        };
+        first_error
+            .into_iter()
+            .chain(messages.into_iter().flatten())
+    }
+}
+
 /// The checkpoints found at open.
 #[derive(Debug, Default)]
 pub(crate) struct Loaded {
     /// The newest checkpoint that decoded, to recover from.
-    pub(crate) newest: Option<Checkpoint>,
+    pub(crate) newest: Option<LoadedCheckpoint>,
     /// The valid one before it, if any (the fallback).
-    pub(crate) older_full: Option<Checkpoint>,
+    pub(crate) older_full: Option<LoadedCheckpoint>,
     /// Checkpoint files that did not decode, newest first, with the reason.
     pub(crate) rejected: Vec<(PathBuf, String)>,
     /// The highest sequence number of any checkpoint file, valid or not.
@@ -134,12 +179,12 @@ pub(crate) fn load(vfs: &dyn Vfs, dir: &Path) -> Result<Loaded> {
     loaded.max_sequence = files.first().map_or(0, |(seq, _)| *seq);
     for (seq, path) in files {
         let decoded = match read_file(vfs, &path) {
-            Ok(bytes) => Checkpoint::decode(&bytes).map_err(|e| e.to_string()),
+            Ok(bytes) => LoadedCheckpoint::decode(bytes).map_err(|e| e.to_string()),
             Err(err @ Error::Corruption { .. }) => Err(err.to_string()),
             Err(err) => return Err(err),
         };
         match decoded {
-            Ok(cp) if cp.sequence == seq => {
+            Ok(cp) if cp.head.sequence == seq => {
                 if loaded.newest.is_none() {
                     loaded.newest = Some(cp);
                 } else {
@@ -149,7 +194,7 @@ pub(crate) fn load(vfs: &dyn Vfs, dir: &Path) -> Result<Loaded> {
             }
             Ok(cp) => loaded.rejected.push((
                 path,
-                format!("holds sequence {} but is named {seq}", cp.sequence),
+                format!("holds sequence {} but is named {seq}", cp.head.sequence),
             )),
             Err(why) => loaded.rejected.push((path, why)),
         }
@@ -157,19 +202,25 @@ pub(crate) fn load(vfs: &dyn Vfs, dir: &Path) -> Result<Loaded> {
     Ok(loaded)
 }
 
-/// Writes `cp` durably as `checkpoint-<sequence>.ckpt`, then removes every other checkpoint
-/// file except the one of sequence `keep` (the previous checkpoint, the fallback).
+/// Writes `snapshot` durably as `checkpoint-<sequence>.ckpt`, then removes every other
+/// checkpoint file except the one of sequence `keep` (the previous checkpoint, the
+/// fallback).
 ///
 /// The caller has made the log durable up to the checkpoint's position first.
-pub(crate) fn write(vfs: &dyn Vfs, dir: &Path, cp: &Checkpoint, keep: Option<u64>) -> Result<()> {
-    let name = checkpoint_file_name(cp.sequence);
+pub(crate) fn write(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    snapshot: &Snapshot,
+    keep: Option<u64>,
+) -> Result<()> {
+    let name = checkpoint_file_name(snapshot.sequence);
     let path = dir.join(&name);
     let tmp = dir.join(format!("{name}{TEMP_SUFFIX}"));
-    let bytes = cp.encode();
+    let bytes = &snapshot.bytes;
     let file = vfs
         .create(&tmp)
         .map_err(|e| Error::io("create checkpoint", &tmp, e))?;
-    write_all_at(file.as_ref(), &bytes, 0).map_err(|e| Error::io("write checkpoint", &tmp, e))?;
+    write_all_at(file.as_ref(), bytes, 0).map_err(|e| Error::io("write checkpoint", &tmp, e))?;
     file.sync_data()
         .map_err(|e| Error::io("fdatasync checkpoint", &tmp, e))?;
     drop(file);
@@ -179,7 +230,7 @@ pub(crate) fn write(vfs: &dyn Vfs, dir: &Path, cp: &Checkpoint, keep: Option<u64
         .map_err(|e| Error::io("fsync directory", dir, e))?;
     let stale: Vec<PathBuf> = list(vfs, dir)?
         .into_iter()
-        .filter(|&(seq, _)| seq != cp.sequence && Some(seq) != keep)
+        .filter(|&(seq, _)| seq != snapshot.sequence && Some(seq) != keep)
         .map(|(_, path)| path)
         .collect();
     for old in &stale {

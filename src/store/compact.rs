@@ -415,7 +415,7 @@ impl Store {
     /// Takes and writes a checkpoint of the current state.
     fn checkpoint(&self, report: &mut CompactionReport) -> Result<()> {
         let sequence = lock(&self.inner.compaction).next_sequence;
-        let cp = {
+        let snapshot = {
             // No operation is between writing its records and applying them while the gate
             // is held exclusively, so the state is exactly the log up to `position`.
             let _gate = self
@@ -435,14 +435,14 @@ impl Store {
             .newest
             .as_ref()
             .map(|k| k.sequence);
-        checkpoints::write(self.inner.vfs.as_ref(), self.dir(), &cp, keep)?;
+        checkpoints::write(self.inner.vfs.as_ref(), self.dir(), &snapshot, keep)?;
         let mut c = lock(&self.inner.compaction);
         c.older = c.newest.take();
-        c.newest = Some(Kept::of(&cp));
+        c.newest = Some(Kept::of(&snapshot));
         c.next_sequence = sequence + 1;
         report.checkpoints += 1;
         report.checkpoint_sequence = sequence;
-        report.checkpoint_messages = cp.messages.len() as u64;
+        report.checkpoint_messages = snapshot.messages;
         Ok(())
     }
 

@@ -112,7 +112,7 @@ impl Store {
     pub fn open_with_vfs(vfs: Arc<dyn Vfs>, dir: &Path, options: StoreOptions) -> Result<Store> {
         options.validate()?;
         let loaded = checkpoints::load(vfs.as_ref(), dir)?;
-        let mut candidates: Vec<crate::format::Checkpoint> =
+        let mut candidates: Vec<checkpoints::LoadedCheckpoint> =
             loaded.newest.into_iter().chain(loaded.older_full).collect();
         if candidates.is_empty() && !loaded.rejected.is_empty() {
             refuse_full_replay(vfs.as_ref(), dir, &loaded.rejected)?;
@@ -145,11 +145,11 @@ impl Store {
         };
         if let Some(i) = used {
             let cp = candidates.swap_remove(i);
-            report.checkpoint = Some(cp.sequence);
-            compaction.newest = Some(checkpoints::Kept::of(&cp));
+            report.checkpoint = Some(cp.head.sequence);
+            compaction.newest = Some(cp.kept);
             // The one before it stays the fallback, unless it is the one that failed.
             if i == 0 {
-                compaction.older = candidates.first().map(checkpoints::Kept::of);
+                compaction.older = candidates.into_iter().next().map(|c| c.kept);
             }
         }
         let background = Arc::new(compact::Background::default());
@@ -559,15 +559,12 @@ fn open_log(
     vfs: &Arc<dyn Vfs>,
     dir: &Path,
     options: &StoreOptions,
-    checkpoint: Option<&crate::format::Checkpoint>,
+    checkpoint: Option<&checkpoints::LoadedCheckpoint>,
 ) -> Result<(Log, RecoveryReport, State)> {
     let (mut replayer, start) = match checkpoint {
         Some(cp) => (
-            Replayer::from_checkpoint(cp),
-            Some(crate::ids::Position {
-                segment: crate::ids::SegmentId(cp.segment),
-                offset: cp.offset,
-            }),
+            Replayer::from_checkpoint(&cp.head, cp.messages())?,
+            Some(cp.kept.position),
         ),
         None => (Replayer::default(), None),
     };
