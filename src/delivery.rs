@@ -109,6 +109,7 @@ pub struct StoreStats {
     pub log_bytes: u64,
     /// Bytes the segment files occupy, preallocated space included.
     pub bytes_on_disk: u64,
-    /// Message-table entries held in memory (see `queue` module docs for the cost).
+    /// Ids the message table spans, from the oldest unsettled message to the newest (see
+    /// the `queue` module docs for what each costs).
     pub tracked_messages: usize,
 }
