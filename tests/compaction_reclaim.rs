@@ -219,3 +219,38 @@ fn a_poison_message_reaches_the_dead_letter_queue_across_compactions() {
         "the healthy traffic was reclaimed"
     );
 }
+
+/// Each compaction seals an active segment that is only partly full; with every message
+/// live, those segments stay. Their files are cut at their last record, so the files,
+/// preallocated space included, stay within the bound; and the store reopens from them.
+#[test]
+fn segments_sealed_early_keep_no_preallocated_space() {
+    let vfs = mem();
+    let store = open(&vfs);
+    let mut live = Live::new();
+    let mut trimmed = 0;
+    for round in 0..6 {
+        // About 12 KiB: over the eighth of a segment that makes compaction seal it.
+        for id in publish(&store, "jobs", 55) {
+            live.insert(id, ("jobs".to_string(), payload(id, 200)));
+        }
+        let report = store.compact().unwrap();
+        assert_eq!(
+            report.relocated_messages, 0,
+            "round {round}: nothing is sparse"
+        );
+        trimmed += report.bytes_trimmed;
+        assert_space_bound(&store, &live, &format!("round {round}"));
+    }
+    let sealed = store.segment_stats().iter().filter(|s| !s.active).count() as u64;
+    assert!(sealed >= 6, "{sealed} sealed segments");
+    assert!(
+        trimmed >= sealed * (40 << 10),
+        "{trimmed} bytes trimmed from {sealed} segments"
+    );
+    drop(store);
+    let store = open(&vfs);
+    assert!(store.recovery_report().checkpoint.is_some());
+    assert_space_bound(&store, &live, "reopened");
+    check_live(&store, &live, "reopened");
+}

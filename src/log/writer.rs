@@ -441,6 +441,45 @@ impl Shared {
         })
     }
 
+    /// Cuts the file of every sealed segment at its data end, giving back the preallocated
+    /// space after its Seal record. Returns the bytes released.
+    ///
+    /// Nothing after a Seal record is ever read, and recovery accepts a sealed segment of
+    /// any length from its data end on, so this is safe at any moment, and a crash before
+    /// a new length is durable only leaves the zeros where they were (no fsync is spent on
+    /// it). A failure leaves that file at one of the two lengths and is returned without
+    /// poisoning the log: no record was touched.
+    pub(super) fn trim_sealed(&self) -> Result<u64> {
+        let active = {
+            let w = self.lock_writer();
+            w.check_writable()?;
+            w.active.id
+        };
+        let sealed: Vec<Arc<Segment>> = self
+            .segments
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .range(..active)
+            .map(|(_, s)| Arc::clone(s))
+            .collect();
+        let mut released = 0;
+        for segment in sealed {
+            let end = segment.data_end();
+            let len = segment
+                .file
+                .len()
+                .map_err(|e| Error::io("stat segment", &segment.path, e))?;
+            if len > end {
+                segment
+                    .file
+                    .set_len(end)
+                    .map_err(|e| Error::io("trim sealed segment", &segment.path, e))?;
+                released += len - end;
+            }
+        }
+        Ok(released)
+    }
+
     /// Deletes the segments `pick` chooses from the segment map (given the active segment's
     /// id), then syncs the directory. On an I/O error the log is poisoned: which removals
     /// are durable is unknown then, as after a failed fsync.

@@ -55,6 +55,8 @@ pub struct CompactionReport {
     pub segments_deleted: Vec<SegmentId>,
     /// Bytes of the deleted segment files (preallocated space included).
     pub bytes_reclaimed: u64,
+    /// Preallocated bytes given back by cutting sealed segments at their last record.
+    pub bytes_trimmed: u64,
 }
 
 /// The live data of one segment, as [`Store::segment_stats`] reports it.
@@ -205,6 +207,7 @@ impl Store {
             self.checkpoint(&mut report)?;
         }
         self.delete_unneeded(&mut report)?;
+        report.bytes_trimmed = self.inner.log.trim_sealed()?;
         Ok(report)
     }
 
