@@ -1,31 +1,24 @@
 //! The queue state as a [`Checkpoint`]: what replaying the log up to one position would
 //! rebuild, minus what only lives in this process (deliveries out with consumers, leases).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
-use super::{MsgState, State};
+use super::{MessageTable, MsgState, Origin, State};
 use crate::format::{Checkpoint, CheckpointMessage, CheckpointQueue};
-use crate::ids::{Position, SegmentId};
+use crate::ids::{MessageId, Position, SegmentId};
 
 impl State {
-    /// The checkpoint of this state, as the log stands at `position`.
+    /// A frozen copy of what a checkpoint of this state holds, as the log stands at
+    /// `position`; [`Frozen::encode`] turns it into the checkpoint file, with no lock held.
     ///
     /// The caller guarantees that every record before `position` has been applied here and
     /// no operation is between writing its records and applying them (the store's write
-    /// gate). A delivery out with a consumer is recorded as waiting again, with the delivery
-    /// count the log holds for it: with `persist_deliveries` off, its current delivery was
-    /// never written, so the count is one less than in memory.
+    /// gate, held only for this call).
     ///
-    /// The checkpoint is encoded straight from the message table: besides the encoded file
-    /// (8 to 12 bytes per unsettled message), nothing is allocated per message.
-    ///
-    /// Cost: linear in the number of tracked messages.
-    pub(crate) fn snapshot(
-        &self,
-        sequence: u64,
-        position: Position,
-        persist_deliveries: bool,
-    ) -> Snapshot {
+    /// Cost: the message table is shared copy-on-write (one reference per 1,024-id chunk);
+    /// the per-message maps (delivery counts, expiries, delays, dead-letter origins) are
+    /// copied, so linear in the messages that have such an entry.
+    pub(crate) fn freeze(&self, position: Position) -> Frozen {
         let queues = self
             .queues
             .iter()
@@ -46,6 +39,51 @@ impl State {
                 }
             })
             .collect();
+        Frozen {
+            head: Checkpoint {
+                sequence: 0,
+                segment: position.segment.0,
+                offset: position.offset,
+                next_message_id: self.table.next_id(),
+                acked_total: self.acked_total,
+                rejected_total: self.rejected_total,
+                queues,
+                messages: Vec::new(),
+            },
+            position,
+            table: self.table.clone(),
+            deliveries: self.deliveries.clone(),
+            expiries: self.expiries.clone(),
+            delays: self.delays.clone(),
+            origins: self.origins.clone(),
+        }
+    }
+}
+
+/// The state a checkpoint records, frozen at one log position (see [`State::freeze`]).
+#[derive(Debug)]
+pub(crate) struct Frozen {
+    head: Checkpoint,
+    position: Position,
+    table: MessageTable,
+    deliveries: HashMap<MessageId, u32>,
+    expiries: HashMap<MessageId, u64>,
+    delays: HashMap<MessageId, u64>,
+    origins: HashMap<MessageId, Origin>,
+}
+
+impl Frozen {
+    /// The checkpoint file of sequence number `sequence`.
+    ///
+    /// A delivery out with a consumer is recorded as waiting again, with the delivery
+    /// count the log holds for it: with `persist_deliveries` off, its current delivery was
+    /// never written, so the count is one less than in memory. The checkpoint is encoded
+    /// straight from the message table: besides the encoded file (8 to 12 bytes per
+    /// unsettled message), nothing is allocated per message.
+    ///
+    /// Cost: linear in the number of tracked messages.
+    pub(crate) fn encode(mut self, sequence: u64, persist_deliveries: bool) -> Snapshot {
+        self.head.sequence = sequence;
         let mut referenced = BTreeSet::new();
         let mut count = 0u64;
         let messages = self.table.live().map(|(id, slot)| {
@@ -65,19 +103,9 @@ impl State {
                 origin: self.origins.get(&id).map(|o| (o.queue.0, o.reason)),
             }
         });
-        let head = Checkpoint {
-            sequence,
-            segment: position.segment.0,
-            offset: position.offset,
-            next_message_id: self.table.next_id(),
-            acked_total: self.acked_total,
-            rejected_total: self.rejected_total,
-            queues,
-            messages: Vec::new(),
-        };
-        let mut last_segment = None;
         let expected = usize::try_from(self.table.live_count()).unwrap_or(0);
-        let bytes = head.encode_with(
+        let mut last_segment = None;
+        let bytes = self.head.encode_with(
             expected,
             messages.inspect(|m| {
                 count += 1;
@@ -89,7 +117,7 @@ impl State {
         );
         Snapshot {
             sequence,
-            position,
+            position: self.position,
             bytes,
             messages: count,
             referenced,

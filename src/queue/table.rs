@@ -17,6 +17,7 @@
 //! space costs 8 bytes per 1,024 ids until the oldest message before it settles.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use crate::ids::{MessageId, Position, QueueId, SegmentId};
 
@@ -122,7 +123,7 @@ struct Wide {
     len: u32,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Dense {
     palette: Vec<(u64, QueueId)>,
     offsets: [u32; CHUNK],
@@ -132,19 +133,24 @@ struct Dense {
 
 const _: () = assert!(std::mem::size_of::<Dense>() <= 7 * CHUNK + 32);
 
-#[derive(Debug)]
+/// A chunk's data is shared by the table and its frozen copies ([`MessageTable::clone`]):
+/// the first change after a copy copies the chunk (7 KiB), later ones change it in place.
+#[derive(Debug, Clone)]
 enum Chunk {
     Settled,
     Dense {
-        data: Box<Dense>,
+        data: Arc<Dense>,
         /// Unsettled entries in it.
         live: usize,
     },
     /// Unsettled entries only, by index within the chunk.
-    Sparse(Vec<(u16, Slot)>),
+    Sparse(Arc<Vec<(u16, Slot)>>),
 }
 
-#[derive(Debug, Default)]
+/// Cloning is cheap (copy-on-write): the clone shares every chunk, and a chunk is copied
+/// only when one side changes it. Checkpoints encode such a frozen copy outside the
+/// store's locks.
+#[derive(Debug, Default, Clone)]
 pub(crate) struct MessageTable {
     /// Id of the first entry of `chunks[0]` (a multiple of `CHUNK`).
     chunk_base: u64,
@@ -192,7 +198,7 @@ impl MessageTable {
         let index = ((id - self.chunk_base) % CHUNK as u64) as usize;
         if index == 0 || self.chunks.is_empty() {
             self.chunks.push_back(Chunk::Dense {
-                data: Box::new(Dense {
+                data: Arc::new(Dense {
                     palette: Vec::new(),
                     offsets: [0; CHUNK],
                     lens: [0; CHUNK],
@@ -270,6 +276,7 @@ impl MessageTable {
             Chunk::Settled => {}
             Chunk::Sparse(entries) => {
                 if let Ok(i) = entries.binary_search_by_key(&(index as u16), |e| e.0) {
+                    let entries = Arc::make_mut(entries);
                     if is_live {
                         entries[i].1 = slot;
                     } else {
@@ -278,6 +285,7 @@ impl MessageTable {
                 }
             }
             Chunk::Dense { data, live } => {
+                let data = Arc::make_mut(data);
                 *live = *live + usize::from(is_live) - usize::from(was_live);
                 let was_wide = data.meta[index] & WIDE != 0;
                 if !is_live {
@@ -365,7 +373,7 @@ impl MessageTable {
             *c = if entries.is_empty() {
                 Chunk::Settled
             } else {
-                Chunk::Sparse(entries)
+                Chunk::Sparse(Arc::new(entries))
             };
         }
     }
@@ -600,5 +608,25 @@ mod tests {
         );
         assert!(matches!(table.lookup(MessageId(6)), Lookup::Settled));
         assert!(matches!(table.lookup(MessageId(n)), Lookup::Unknown));
+    }
+
+    #[test]
+    fn a_clone_is_frozen_while_the_table_changes() {
+        let mut table = MessageTable::starting_at(0);
+        for i in 0..3 * CHUNK as u64 {
+            table.push(pos(1, i * 10), QueueId(0), 5, MsgState::Ready);
+        }
+        let frozen = table.clone();
+        for i in (0..3 * CHUNK as u64).step_by(2) {
+            table.update(MessageId(i), |s| s.state = MsgState::Acked);
+        }
+        table.update(MessageId(1), |s| s.queue = QueueId(3));
+        table.push(pos(2, 0), QueueId(0), 5, MsgState::Ready);
+        assert_eq!(frozen.live_count(), 3 * CHUNK as u64);
+        assert_eq!(frozen.live().count(), 3 * CHUNK);
+        assert_eq!(frozen.get(MessageId(1)).map(|s| s.queue), Some(QueueId(0)));
+        assert_eq!(frozen.next_id(), 3 * CHUNK as u64);
+        assert_eq!(table.live_count(), 3 * CHUNK as u64 / 2 + 1);
+        assert_eq!(table.get(MessageId(1)).map(|s| s.queue), Some(QueueId(3)));
     }
 }

@@ -418,7 +418,7 @@ impl Store {
     /// Takes and writes a checkpoint of the current state.
     fn checkpoint(&self, report: &mut CompactionReport) -> Result<()> {
         let sequence = lock(&self.inner.compaction).next_sequence;
-        let snapshot = {
+        let frozen = {
             // No operation is between writing its records and applying them while the gate
             // is held exclusively, so the state is exactly the log up to `position`.
             let _gate = self
@@ -430,9 +430,10 @@ impl Store {
             if state.closed {
                 return Err(Error::Closed);
             }
-            let position = self.inner.log.end_position();
-            state.snapshot(sequence, position, self.inner.opts.persist_deliveries)
+            state.freeze(self.inner.log.end_position())
         };
+        // Encoded with no lock held: publishers wait only for the copy above.
+        let snapshot = frozen.encode(sequence, self.inner.opts.persist_deliveries);
         self.inner.log.sync()?;
         let keep = lock(&self.inner.compaction)
             .newest
