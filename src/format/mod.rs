@@ -14,8 +14,9 @@ mod segment_header;
 
 pub use checkpoint::{
     checkpoint_file_name, parse_checkpoint_file_name, Checkpoint, CheckpointError,
-    CheckpointMessage, CheckpointMessages, CheckpointQueue, CHECKPOINT_HEADER_LEN,
-    CHECKPOINT_MAGIC, CHECKPOINT_VERSION, MAX_CHECKPOINT_BODY, QUEUE_COUNTERS,
+    CheckpointMessage, CheckpointMessages, CheckpointQueue, EncodedCheckpoint,
+    CHECKPOINT_HEADER_LEN, CHECKPOINT_MAGIC, CHECKPOINT_VERSION, ENCODE_PIECE, MAX_CHECKPOINT_BODY,
+    QUEUE_COUNTERS,
 };
 pub use closed_marker::{ClosedMarker, CLOSED_MAGIC, CLOSED_MARKER_LEN};
 pub use frame::{

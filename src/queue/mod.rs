@@ -29,7 +29,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 pub(crate) use replay::Replayer;
-pub(crate) use snapshot::Snapshot;
+pub(crate) use snapshot::{Frozen, Snapshot};
 pub(crate) use state::QueueState;
 pub(crate) use table::{Lookup, MessageTable, MsgState};
 

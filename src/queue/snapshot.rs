@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use super::{MessageTable, MsgState, Origin, State};
-use crate::format::{Checkpoint, CheckpointMessage, CheckpointQueue};
+use crate::format::{Checkpoint, CheckpointMessage, CheckpointQueue, CHECKPOINT_HEADER_LEN};
 use crate::ids::{MessageId, Position, SegmentId};
 
 impl State {
@@ -73,67 +73,76 @@ pub(crate) struct Frozen {
 }
 
 impl Frozen {
-    /// The checkpoint file of sequence number `sequence`.
+    /// Writes the checkpoint of sequence number `sequence`: its body to `sink` in pieces,
+    /// in order (see [`Checkpoint::encode_to`]); returns the header and what the store
+    /// keeps in mind about it.
     ///
     /// A delivery out with a consumer is recorded as waiting again, with the delivery
     /// count the log holds for it: with `persist_deliveries` off, its current delivery was
-    /// never written, so the count is one less than in memory. The checkpoint is encoded
-    /// straight from the message table: besides the encoded file (8 to 12 bytes per
-    /// unsettled message), nothing is allocated per message.
+    /// never written, so the count is one less than in memory. Nothing is allocated per
+    /// message.
     ///
     /// Cost: linear in the number of tracked messages.
-    pub(crate) fn encode(mut self, sequence: u64, persist_deliveries: bool) -> Snapshot {
+    pub(crate) fn encode_to<E>(
+        mut self,
+        sequence: u64,
+        persist_deliveries: bool,
+        sink: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<Snapshot, E> {
         self.head.sequence = sequence;
         let mut referenced = BTreeSet::new();
-        let mut count = 0u64;
-        let messages = self.table.live().map(|(id, slot)| {
-            let mut deliveries = self.deliveries.get(&id).copied().unwrap_or(0);
-            if slot.state == MsgState::InFlight && !persist_deliveries {
-                deliveries = deliveries.saturating_sub(1);
-            }
-            CheckpointMessage {
-                id: id.0,
-                segment: slot.segment,
-                offset: u64::from(slot.offset),
-                len: slot.len,
-                queue: slot.queue.0,
-                delivery_count: deliveries,
-                expires_ms: self.expiries.get(&id).copied().unwrap_or(0),
-                not_before_ms: self.delays.get(&id).copied().unwrap_or(0),
-                origin: self.origins.get(&id).map(|o| (o.queue.0, o.reason)),
-            }
-        });
-        let expected = usize::try_from(self.table.live_count()).unwrap_or(0);
         let mut last_segment = None;
-        let bytes = self.head.encode_with(
-            expected,
-            messages.inspect(|m| {
-                count += 1;
+        let messages = self
+            .table
+            .live()
+            .map(|(id, slot)| {
+                let mut deliveries = self.deliveries.get(&id).copied().unwrap_or(0);
+                if slot.state == MsgState::InFlight && !persist_deliveries {
+                    deliveries = deliveries.saturating_sub(1);
+                }
+                CheckpointMessage {
+                    id: id.0,
+                    segment: slot.segment,
+                    offset: u64::from(slot.offset),
+                    len: slot.len,
+                    queue: slot.queue.0,
+                    delivery_count: deliveries,
+                    expires_ms: self.expiries.get(&id).copied().unwrap_or(0),
+                    not_before_ms: self.delays.get(&id).copied().unwrap_or(0),
+                    origin: self.origins.get(&id).map(|o| (o.queue.0, o.reason)),
+                }
+            })
+            .inspect(|m| {
                 if last_segment != Some(m.segment) {
                     last_segment = Some(m.segment);
                     referenced.insert(SegmentId(m.segment));
                 }
-            }),
-        );
-        Snapshot {
+            });
+        let declared = self.table.live_count();
+        let encoded = self.head.encode_to(declared, messages, sink)?;
+        Ok(Snapshot {
             sequence,
             position: self.position,
-            bytes,
-            messages: count,
+            header: encoded.header,
+            declared,
+            messages: encoded.messages,
             referenced,
-        }
+        })
     }
 }
 
-/// An encoded checkpoint of the state, with what the store keeps in mind about it.
+/// A checkpoint written from a [`Frozen`] state: its header, and what the store keeps in
+/// mind about it.
 #[derive(Debug)]
 pub(crate) struct Snapshot {
     pub(crate) sequence: u64,
     /// Where replay from it starts.
     pub(crate) position: Position,
-    /// The checkpoint file's bytes.
-    pub(crate) bytes: Vec<u8>,
-    /// Unsettled messages in it.
+    /// The file header, to be written before the body.
+    pub(crate) header: [u8; CHECKPOINT_HEADER_LEN],
+    /// The message count written in the body (the table's count of unsettled messages).
+    pub(crate) declared: u64,
+    /// Unsettled messages written; the file is valid only if this equals `declared`.
     pub(crate) messages: u64,
     /// The segments its messages' payload records are in.
     pub(crate) referenced: BTreeSet<SegmentId>,

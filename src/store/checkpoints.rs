@@ -17,7 +17,7 @@ use crate::format::{
 };
 use crate::ids::{Position, SegmentId};
 use crate::io::{read_exact_at, write_all_at, Vfs};
-use crate::queue::Snapshot;
+use crate::queue::{Frozen, Snapshot};
 
 const TEMP_SUFFIX: &str = ".tmp";
 
@@ -202,25 +202,50 @@ pub(crate) fn load(vfs: &dyn Vfs, dir: &Path) -> Result<Loaded> {
     Ok(loaded)
 }
 
-/// Writes `snapshot` durably as `checkpoint-<sequence>.ckpt`, then removes every other
-/// checkpoint file except the one of sequence `keep` (the previous checkpoint, the
-/// fallback).
+/// Writes the checkpoint of `frozen` durably as `checkpoint-<sequence>.ckpt`, then removes
+/// every other checkpoint file except the one of sequence `keep` (the previous checkpoint,
+/// the fallback).
 ///
+/// The file is encoded straight into the temporary file, a piece at a time; the header,
+/// which holds the body's length and checksum, goes in last, before the fdatasync.
 /// The caller has made the log durable up to the checkpoint's position first.
 pub(crate) fn write(
     vfs: &dyn Vfs,
     dir: &Path,
-    snapshot: &Snapshot,
+    frozen: Frozen,
+    sequence: u64,
+    persist_deliveries: bool,
     keep: Option<u64>,
-) -> Result<()> {
-    let name = checkpoint_file_name(snapshot.sequence);
+) -> Result<Snapshot> {
+    let name = checkpoint_file_name(sequence);
     let path = dir.join(&name);
     let tmp = dir.join(format!("{name}{TEMP_SUFFIX}"));
-    let bytes = &snapshot.bytes;
     let file = vfs
         .create(&tmp)
         .map_err(|e| Error::io("create checkpoint", &tmp, e))?;
-    write_all_at(file.as_ref(), bytes, 0).map_err(|e| Error::io("write checkpoint", &tmp, e))?;
+    let mut at = CHECKPOINT_HEADER_LEN as u64;
+    let snapshot = frozen
+        .encode_to(sequence, persist_deliveries, |piece| {
+            write_all_at(file.as_ref(), piece, at)?;
+            at += piece.len() as u64;
+            Ok(())
+        })
+        .map_err(|e| Error::io("write checkpoint", &tmp, e))?;
+    if snapshot.messages != snapshot.declared {
+        // The table's count of unsettled messages disagrees with its entries: the file
+        // would not decode. Never put it in place.
+        let why = format!(
+            "{} messages written where the count says {}",
+            snapshot.messages, snapshot.declared
+        );
+        return Err(Error::io(
+            "encode checkpoint",
+            &tmp,
+            std::io::Error::other(why),
+        ));
+    }
+    write_all_at(file.as_ref(), &snapshot.header, 0)
+        .map_err(|e| Error::io("write checkpoint header", &tmp, e))?;
     file.sync_data()
         .map_err(|e| Error::io("fdatasync checkpoint", &tmp, e))?;
     drop(file);
@@ -230,7 +255,7 @@ pub(crate) fn write(
         .map_err(|e| Error::io("fsync directory", dir, e))?;
     let stale: Vec<PathBuf> = list(vfs, dir)?
         .into_iter()
-        .filter(|&(seq, _)| seq != snapshot.sequence && Some(seq) != keep)
+        .filter(|&(seq, _)| seq != sequence && Some(seq) != keep)
         .map(|(_, path)| path)
         .collect();
     for old in &stale {
@@ -241,5 +266,5 @@ pub(crate) fn write(
         vfs.sync_dir(dir)
             .map_err(|e| Error::io("fsync directory", dir, e))?;
     }
-    Ok(())
+    Ok(snapshot)
 }

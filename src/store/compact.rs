@@ -432,14 +432,20 @@ impl Store {
             }
             state.freeze(self.inner.log.end_position())
         };
-        // Encoded with no lock held: publishers wait only for the copy above.
-        let snapshot = frozen.encode(sequence, self.inner.opts.persist_deliveries);
         self.inner.log.sync()?;
         let keep = lock(&self.inner.compaction)
             .newest
             .as_ref()
             .map(|k| k.sequence);
-        checkpoints::write(self.inner.vfs.as_ref(), self.dir(), &snapshot, keep)?;
+        // Encoded with no lock held: publishers wait only for the copy above.
+        let snapshot = checkpoints::write(
+            self.inner.vfs.as_ref(),
+            self.dir(),
+            frozen,
+            sequence,
+            self.inner.opts.persist_deliveries,
+            keep,
+        )?;
         let mut c = lock(&self.inner.compaction);
         c.older = c.newest.take();
         c.newest = Some(Kept::of(&snapshot));
