@@ -37,6 +37,11 @@ pub(crate) struct WriterState {
     pub(super) durable: Position,
     /// A leader is running `fdatasync`.
     sync_in_progress: bool,
+    /// Threads blocked on `Shared::synced` right now. Changed only under the writer lock,
+    /// held by every waiter from checking its condition until `wait` releases it and by
+    /// every waker while it changes what waiters wait for: a wake that finds none is
+    /// skipped (`Shared::wake_synced`) without losing a wake-up.
+    sync_waiters: u32,
     /// Set by the first I/O failure; never cleared.
     poisoned: Option<String>,
     closed: bool,
@@ -60,6 +65,7 @@ impl WriterState {
             active,
             write_offset,
             sync_in_progress: false,
+            sync_waiters: 0,
             poisoned: None,
             closed: false,
             shutdown: false,
@@ -111,6 +117,28 @@ impl WriterState {
 }
 
 impl Shared {
+    /// Blocks on `synced`, counted in `sync_waiters` while blocked.
+    fn wait_synced<'a>(
+        &self,
+        mut w: std::sync::MutexGuard<'a, WriterState>,
+    ) -> std::sync::MutexGuard<'a, WriterState> {
+        w.sync_waiters += 1;
+        let mut w = self
+            .synced
+            .wait(w)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        w.sync_waiters -= 1;
+        w
+    }
+
+    /// Wakes the threads blocked on `synced`, if any (`notify_all` is a system call even
+    /// when nobody waits). Takes the writer state to show that its lock is held.
+    fn wake_synced(&self, w: &WriterState) {
+        if w.sync_waiters > 0 {
+            self.synced.notify_all();
+        }
+    }
+
     pub(super) fn write(&self, records: &[Record<'_>]) -> Result<Appended> {
         if records.is_empty() {
             return Err(Error::EmptyBatch);
@@ -169,7 +197,7 @@ impl Shared {
         if let Err(e) = result {
             let err = Error::io("write", &segment.path, e);
             w.poison(&err);
-            self.synced.notify_all();
+            self.wake_synced(&w);
             return Err(err);
         }
         w.write_offset = start + total;
@@ -234,7 +262,7 @@ impl Shared {
             });
         if let Err(err) = result {
             w.poison(&err);
-            self.synced.notify_all();
+            self.wake_synced(w);
             return Err(err);
         }
         w.write_offset += frame.len() as u64;
@@ -242,7 +270,7 @@ impl Shared {
         w.durable = w.end();
         w.unsynced_records = 0;
         w.first_unsynced_at = None;
-        self.synced.notify_all();
+        self.wake_synced(w);
 
         let new = match Segment::create(
             self.vfs.as_ref(),
@@ -254,7 +282,7 @@ impl Shared {
             Ok(segment) => Arc::new(segment),
             Err(err) => {
                 w.poison(&err);
-                self.synced.notify_all();
+                self.wake_synced(w);
                 return Err(err);
             }
         };
@@ -285,10 +313,7 @@ impl Shared {
                 });
             }
             if w.sync_in_progress {
-                w = self
-                    .synced
-                    .wait(w)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                w = self.wait_synced(w);
                 continue;
             }
             w.sync_in_progress = true;
@@ -305,12 +330,12 @@ impl Shared {
                     if to > w.durable {
                         w.durable = to;
                     }
-                    self.synced.notify_all();
+                    self.wake_synced(&w);
                 }
                 Err(e) => {
                     let err = Error::io("fdatasync", &segment.path, e);
                     w.poison(&err);
-                    self.synced.notify_all();
+                    self.wake_synced(&w);
                     return Err(err);
                 }
             }
@@ -321,10 +346,7 @@ impl Shared {
         let mut w = self.lock_writer();
         w.check_writable()?;
         while w.sync_in_progress {
-            w = self
-                .synced
-                .wait(w)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            w = self.wait_synced(w);
         }
         let target = self.segment(pos.segment).ok_or_else(|| {
             Error::corruption(
@@ -351,7 +373,7 @@ impl Shared {
         let result = self.cut(&mut w, &target, pos);
         if let Err(err) = &result {
             w.poison(err);
-            self.synced.notify_all();
+            self.wake_synced(&w);
         }
         result
     }
@@ -463,8 +485,9 @@ impl Shared {
             pick(&segments, active)
         };
         if let Err(err) = self.remove_segments(&doomed) {
-            self.lock_writer().poison(&err);
-            self.synced.notify_all();
+            let mut w = self.lock_writer();
+            w.poison(&err);
+            self.wake_synced(&w);
             return Err(err);
         }
         Ok(doomed.len())

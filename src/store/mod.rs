@@ -421,7 +421,7 @@ impl Store {
             }
             state.closed = true;
             for q in &state.queues {
-                q.available.notify_all();
+                q.wake_receivers();
             }
         }
         self.inner.background.stop();
@@ -518,7 +518,7 @@ impl Store {
 fn wake(state: &State, queues: &[QueueId]) {
     for &q in queues {
         if let Some(queue) = state.queue(q) {
-            queue.available.notify_all();
+            queue.wake_receivers();
         }
     }
 }

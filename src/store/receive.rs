@@ -120,10 +120,18 @@ impl Store {
             let wait = timer
                 .map_or(wait, |t| t.min(wait))
                 .max(Duration::from_millis(1));
+            // Counted as a waiter from here (state lock held) until the lock is back, so
+            // that no waker skips its notification while this receiver sleeps.
+            if let Some(queue) = state.queue_mut(q) {
+                queue.waiters += 1;
+            }
             state = available
                 .wait_timeout(state, wait)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+            if let Some(queue) = state.queue_mut(q) {
+                queue.waiters = queue.waiters.saturating_sub(1);
+            }
         };
         release_ticket(&mut state, q, &mut ticket);
         drop(state);
@@ -162,7 +170,7 @@ impl Store {
                 }
                 if queue.ready_count > 0 {
                     // Let the next receiver in line look.
-                    queue.available.notify_all();
+                    queue.wake_receivers();
                 }
                 Arc::clone(&queue.name)
             }
@@ -214,7 +222,7 @@ impl Store {
                 let now = self.now();
                 state.enqueue(id, q, now, 0);
                 if let Some(queue) = state.queue(q) {
-                    queue.available.notify_all();
+                    queue.wake_receivers();
                 }
                 Err(err)
             }
@@ -301,7 +309,7 @@ fn release_ticket(state: &mut State, q: QueueId, ticket: &mut Option<u64>) {
     if let Some(t) = ticket.take() {
         if let Some(queue) = state.queue_mut(q) {
             queue.tickets.retain(|&x| x != t);
-            queue.available.notify_all();
+            queue.wake_receivers();
         }
     }
 }
