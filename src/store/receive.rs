@@ -28,6 +28,8 @@ struct Taken {
     id: MessageId,
     count: u32,
     pos: Position,
+    /// The payload length, from the message table.
+    len: u32,
     queue: Arc<str>,
     expires_ms: Option<u64>,
     dead_letter: Option<DeadLetter>,
@@ -176,16 +178,19 @@ impl Store {
             }
             None => Arc::from(""),
         };
-        let pos = state
+        let (pos, len) = state
             .table
             .update(id, |s| {
                 s.state = MsgState::InFlight;
-                s.position()
+                (s.position(), s.len)
             })
-            .unwrap_or(Position {
-                segment: crate::SegmentId(0),
-                offset: 0,
-            });
+            .unwrap_or((
+                Position {
+                    segment: crate::SegmentId(0),
+                    offset: 0,
+                },
+                0,
+            ));
         let dead_letter = origin
             .zip(original_queue)
             .map(|(o, original_queue)| DeadLetter {
@@ -196,6 +201,7 @@ impl Store {
             id,
             count,
             pos,
+            len,
             queue: name,
             expires_ms,
             dead_letter,
@@ -231,7 +237,7 @@ impl Store {
 
     fn read_payload(&self, taken: &Taken) -> Result<Delivery> {
         let id = taken.id;
-        let (header, payload) = self.read_message(id, taken.pos)?;
+        let (header, payload) = self.read_message_of_len(id, taken.pos, Some(taken.len))?;
         let published_at = time_from_ms(header.published_ms);
         if self.inner.opts.persist_deliveries {
             let body = DeliverBody {
@@ -269,7 +275,20 @@ impl Store {
         id: MessageId,
         pos: Position,
     ) -> Result<(PublishHeader, Vec<u8>)> {
-        let record = match self.inner.log.read(pos) {
+        self.read_message_of_len(id, pos, None)
+    }
+
+    /// Like [`Store::read_message`], given the payload length the message table holds:
+    /// the publish record at `pos` is then read with one system call, not two. A record of
+    /// another length (a relocated copy) is still read whole, with a second call.
+    pub(super) fn read_message_of_len(
+        &self,
+        id: MessageId,
+        pos: Position,
+        len: Option<u32>,
+    ) -> Result<(PublishHeader, Vec<u8>)> {
+        let body_len = len.map(|len| PUBLISH_HEADER_LEN + len as usize);
+        let record = match self.inner.log.read_expecting(pos, body_len) {
             Ok(record) => record,
             Err(err) => {
                 let now = lock(&self.inner.state).table.get(id).map(|s| s.position());
