@@ -234,10 +234,31 @@ impl Log {
     /// group is written, then wait for the fsync outside that lock so that other callers can
     /// join the same group commit.
     pub fn write(&self, records: &[Record<'_>]) -> Result<Appended> {
+        let mut positions = Vec::with_capacity(records.len());
+        let appended = self.write_reporting(records, &mut |_, pos| positions.push(pos))?;
+        Ok(Appended {
+            positions,
+            end: appended.end,
+        })
+    }
+
+    /// Like [`Log::write`], without collecting the positions: each record's index and
+    /// position go to `on_position` once the group is written, and the returned
+    /// `Appended` has no positions (only its end, for [`Log::commit`]). Spares an
+    /// allocation per write.
+    pub(crate) fn write_reporting(
+        &self,
+        records: &[Record<'_>],
+        on_position: &mut dyn FnMut(usize, Position),
+    ) -> Result<Appended> {
         if let Some(record) = records.iter().find(|r| r.kind < FIRST_USER_KIND) {
             return Err(Error::ReservedKind { kind: record.kind });
         }
-        self.shared.write(records)
+        let end = self.shared.write(records, on_position)?;
+        Ok(Appended {
+            positions: Vec::new(),
+            end,
+        })
     }
 
     /// Waits until `appended` is as durable as the fsync policy promises: durable under

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::segment::TEMP_SUFFIX;
-use super::{frame_header, Appended, Record, Segment, Shared};
+use super::{frame_header, Record, Segment, Shared};
 use super::{CLOSED_FILE, FIRST_USER_KIND};
 use crate::error::{Error, Result};
 use crate::format::{
@@ -139,7 +139,13 @@ impl Shared {
         }
     }
 
-    pub(super) fn write(&self, records: &[Record<'_>]) -> Result<Appended> {
+    /// Writes `records` as one group; once the write has succeeded, calls `on_position`
+    /// with each record's index and position. Returns the end of the group.
+    pub(super) fn write(
+        &self,
+        records: &[Record<'_>],
+        on_position: &mut dyn FnMut(usize, Position),
+    ) -> Result<Position> {
         if records.is_empty() {
             return Err(Error::EmptyBatch);
         }
@@ -175,13 +181,8 @@ impl Shared {
         let mark = w.mark();
         let mut buf = std::mem::take(&mut w.buf);
         buf.clear();
-        let mut positions = Vec::with_capacity(records.len());
         for (i, record) in records.iter().enumerate() {
             let offset = start + buf.len() as u64;
-            positions.push(Position {
-                segment: segment.id,
-                offset,
-            });
             let header = frame_header(record.kind, i + 1 < records.len(), mark);
             encode_frame(
                 &mut buf,
@@ -213,10 +214,21 @@ impl Shared {
                 self.flusher_wake.notify_one();
             }
         }
-        Ok(Appended {
-            positions,
-            end: w.end(),
-        })
+        let end = w.end();
+        drop(w);
+        // Each frame is `frame_len` bytes long: the offsets the loop above encoded at.
+        let mut offset = start;
+        for (i, record) in records.iter().enumerate() {
+            on_position(
+                i,
+                Position {
+                    segment: segment.id,
+                    offset,
+                },
+            );
+            offset += frame_len(record.body_len()) as u64;
+        }
+        Ok(end)
     }
 
     /// Rolls over now if the active segment holds more than `min_data` bytes of records.
@@ -505,13 +517,16 @@ impl Shared {
             w.end()
         };
         self.wait_durable(end)?;
-        let appended = self.write(&[Record {
-            kind: RecordKind::Commit.code(),
-            body: &[],
-        }])?;
-        self.wait_durable(appended.end)?;
+        let end = self.write(
+            &[Record {
+                kind: RecordKind::Commit.code(),
+                body: &[],
+            }],
+            &mut |_, _| {},
+        )?;
+        self.wait_durable(end)?;
         self.lock_writer().closed = true;
-        Ok(Some(appended.end))
+        Ok(Some(end))
     }
 
     /// Records where a cleanly closed log ends (`docs/format.md`, "The CLOSED file"):

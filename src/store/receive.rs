@@ -245,10 +245,13 @@ impl Store {
                 delivery_count: taken.count,
             }
             .encode();
-            self.inner.log.write(&[Record {
-                kind: RecordKind::Deliver.code(),
-                body: &[&body],
-            }])?;
+            self.inner.log.write_reporting(
+                &[Record {
+                    kind: RecordKind::Deliver.code(),
+                    body: &[&body],
+                }],
+                &mut |_, _| {},
+            )?;
         }
         Ok(Delivery {
             id,
