@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::segment::TEMP_SUFFIX;
-use super::{frame_header, Appended, Record, Segment, Shared};
+use super::{frame_header, Record, Segment, Shared};
 use super::{CLOSED_FILE, FIRST_USER_KIND};
 use crate::error::{Error, Result};
 use crate::format::{
@@ -37,6 +37,11 @@ pub(crate) struct WriterState {
     pub(super) durable: Position,
     /// A leader is running `fdatasync`.
     sync_in_progress: bool,
+    /// Threads blocked on `Shared::synced` right now. Changed only under the writer lock,
+    /// held by every waiter from checking its condition until `wait` releases it and by
+    /// every waker while it changes what waiters wait for: a wake that finds none is
+    /// skipped (`Shared::wake_synced`) without losing a wake-up.
+    sync_waiters: u32,
     /// Set by the first I/O failure; never cleared.
     poisoned: Option<String>,
     closed: bool,
@@ -60,6 +65,7 @@ impl WriterState {
             active,
             write_offset,
             sync_in_progress: false,
+            sync_waiters: 0,
             poisoned: None,
             closed: false,
             shutdown: false,
@@ -111,7 +117,35 @@ impl WriterState {
 }
 
 impl Shared {
-    pub(super) fn write(&self, records: &[Record<'_>]) -> Result<Appended> {
+    /// Blocks on `synced`, counted in `sync_waiters` while blocked.
+    fn wait_synced<'a>(
+        &self,
+        mut w: std::sync::MutexGuard<'a, WriterState>,
+    ) -> std::sync::MutexGuard<'a, WriterState> {
+        w.sync_waiters += 1;
+        let mut w = self
+            .synced
+            .wait(w)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        w.sync_waiters -= 1;
+        w
+    }
+
+    /// Wakes the threads blocked on `synced`, if any (`notify_all` is a system call even
+    /// when nobody waits). Takes the writer state to show that its lock is held.
+    fn wake_synced(&self, w: &WriterState) {
+        if w.sync_waiters > 0 {
+            self.synced.notify_all();
+        }
+    }
+
+    /// Writes `records` as one group; once the write has succeeded, calls `on_position`
+    /// with each record's index and position. Returns the end of the group.
+    pub(super) fn write(
+        &self,
+        records: &[Record<'_>],
+        on_position: &mut dyn FnMut(usize, Position),
+    ) -> Result<Position> {
         if records.is_empty() {
             return Err(Error::EmptyBatch);
         }
@@ -147,13 +181,8 @@ impl Shared {
         let mark = w.mark();
         let mut buf = std::mem::take(&mut w.buf);
         buf.clear();
-        let mut positions = Vec::with_capacity(records.len());
         for (i, record) in records.iter().enumerate() {
             let offset = start + buf.len() as u64;
-            positions.push(Position {
-                segment: segment.id,
-                offset,
-            });
             let header = frame_header(record.kind, i + 1 < records.len(), mark);
             encode_frame(
                 &mut buf,
@@ -169,7 +198,7 @@ impl Shared {
         if let Err(e) = result {
             let err = Error::io("write", &segment.path, e);
             w.poison(&err);
-            self.synced.notify_all();
+            self.wake_synced(&w);
             return Err(err);
         }
         w.write_offset = start + total;
@@ -185,10 +214,21 @@ impl Shared {
                 self.flusher_wake.notify_one();
             }
         }
-        Ok(Appended {
-            positions,
-            end: w.end(),
-        })
+        let end = w.end();
+        drop(w);
+        // Each frame is `frame_len` bytes long: the offsets the loop above encoded at.
+        let mut offset = start;
+        for (i, record) in records.iter().enumerate() {
+            on_position(
+                i,
+                Position {
+                    segment: segment.id,
+                    offset,
+                },
+            );
+            offset += frame_len(record.body_len()) as u64;
+        }
+        Ok(end)
     }
 
     /// Rolls over now if the active segment holds more than `min_data` bytes of records.
@@ -234,7 +274,7 @@ impl Shared {
             });
         if let Err(err) = result {
             w.poison(&err);
-            self.synced.notify_all();
+            self.wake_synced(w);
             return Err(err);
         }
         w.write_offset += frame.len() as u64;
@@ -242,7 +282,7 @@ impl Shared {
         w.durable = w.end();
         w.unsynced_records = 0;
         w.first_unsynced_at = None;
-        self.synced.notify_all();
+        self.wake_synced(w);
 
         let new = match Segment::create(
             self.vfs.as_ref(),
@@ -254,7 +294,7 @@ impl Shared {
             Ok(segment) => Arc::new(segment),
             Err(err) => {
                 w.poison(&err);
-                self.synced.notify_all();
+                self.wake_synced(w);
                 return Err(err);
             }
         };
@@ -285,10 +325,7 @@ impl Shared {
                 });
             }
             if w.sync_in_progress {
-                w = self
-                    .synced
-                    .wait(w)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                w = self.wait_synced(w);
                 continue;
             }
             w.sync_in_progress = true;
@@ -305,12 +342,12 @@ impl Shared {
                     if to > w.durable {
                         w.durable = to;
                     }
-                    self.synced.notify_all();
+                    self.wake_synced(&w);
                 }
                 Err(e) => {
                     let err = Error::io("fdatasync", &segment.path, e);
                     w.poison(&err);
-                    self.synced.notify_all();
+                    self.wake_synced(&w);
                     return Err(err);
                 }
             }
@@ -321,10 +358,7 @@ impl Shared {
         let mut w = self.lock_writer();
         w.check_writable()?;
         while w.sync_in_progress {
-            w = self
-                .synced
-                .wait(w)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            w = self.wait_synced(w);
         }
         let target = self.segment(pos.segment).ok_or_else(|| {
             Error::corruption(
@@ -351,7 +385,7 @@ impl Shared {
         let result = self.cut(&mut w, &target, pos);
         if let Err(err) = &result {
             w.poison(err);
-            self.synced.notify_all();
+            self.wake_synced(&w);
         }
         result
     }
@@ -502,8 +536,9 @@ impl Shared {
             pick(&segments, active)
         };
         if let Err(err) = self.remove_segments(&doomed) {
-            self.lock_writer().poison(&err);
-            self.synced.notify_all();
+            let mut w = self.lock_writer();
+            w.poison(&err);
+            self.wake_synced(&w);
             return Err(err);
         }
         Ok(doomed.len())
@@ -521,13 +556,16 @@ impl Shared {
             w.end()
         };
         self.wait_durable(end)?;
-        let appended = self.write(&[Record {
-            kind: RecordKind::Commit.code(),
-            body: &[],
-        }])?;
-        self.wait_durable(appended.end)?;
+        let end = self.write(
+            &[Record {
+                kind: RecordKind::Commit.code(),
+                body: &[],
+            }],
+            &mut |_, _| {},
+        )?;
+        self.wait_durable(end)?;
         self.lock_writer().closed = true;
-        Ok(Some(appended.end))
+        Ok(Some(end))
     }
 
     /// Records where a cleanly closed log ends (`docs/format.md`, "The CLOSED file"):

@@ -89,6 +89,9 @@ pub(crate) struct State {
     pub(crate) acked_total: u64,
     pub(crate) rejected_total: u64,
     pub(crate) closed: bool,
+    /// Two lists of queues the store's `after_change` reuses from call to call (empty
+    /// between calls), so that the common operations allocate none.
+    pub(crate) after_change_scratch: (Vec<QueueId>, Vec<QueueId>),
 }
 
 /// What became of a message whose time ran out or that was refused.

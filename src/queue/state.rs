@@ -37,7 +37,13 @@ pub(crate) struct QueueState {
     /// Blocked receivers in arrival order (fair dispatch): only the first may take a message.
     pub(crate) tickets: VecDeque<u64>,
     /// Woken when a message becomes ready, a lease or delay may fire, or the store closes.
+    /// Only through [`QueueState::wake_receivers`].
     pub(crate) available: Arc<Condvar>,
+    /// How many receivers are blocked on `available` right now. Changed only under the
+    /// store's state mutex, which every waiter holds from checking its condition until
+    /// `wait` releases it, and every waker holds while it decides to wake: so a wake that
+    /// finds no waiter can be skipped without losing a wake-up.
+    pub(crate) waiters: u32,
     pub(crate) counters: Counters,
 }
 
@@ -69,6 +75,7 @@ impl QueueState {
             pending_bytes: 0,
             tickets: VecDeque::new(),
             available: Arc::new(Condvar::new()),
+            waiters: 0,
             counters: Counters::default(),
         }
     }
@@ -84,6 +91,15 @@ impl QueueState {
     /// after a reopen). Cost: O(log n).
     pub(crate) fn insert_ready(&mut self, id: MessageId) {
         self.ready.insert(id);
+    }
+
+    /// Wakes every receiver blocked on this queue, if there is one. `notify_all` is a
+    /// system call even when nobody waits; this skips it then. Call with the state mutex
+    /// held (it is: `self` lives inside it).
+    pub(crate) fn wake_receivers(&self) {
+        if self.waiters > 0 {
+            self.available.notify_all();
+        }
     }
 
     /// Messages waiting: ready or delayed.

@@ -72,8 +72,7 @@ impl Queue {
 
     /// Publishes one message with a time to live and/or a delay.
     pub fn publish_with(&self, payload: &[u8], options: &PublishOptions) -> Result<MessageId> {
-        let ids = self.store.publish_many(self.id, &[payload], options)?;
-        ids.first().copied().ok_or(Error::EmptyBatch)
+        self.store.publish_many(self.id, &[payload], options)
     }
 
     /// Publishes several messages atomically: after a crash either all of them exist or none
@@ -90,7 +89,8 @@ impl Queue {
         options: &PublishOptions,
     ) -> Result<Vec<MessageId>> {
         let payloads: Vec<&[u8]> = payloads.iter().map(AsRef::as_ref).collect();
-        self.store.publish_many(self.id, &payloads, options)
+        let first = self.store.publish_many(self.id, &payloads, options)?;
+        Ok((first.0..).take(payloads.len()).map(MessageId).collect())
     }
 
     /// Takes the next ready message if there is one, without blocking.

@@ -421,7 +421,7 @@ impl Store {
             }
             state.closed = true;
             for q in &state.queues {
-                q.available.notify_all();
+                q.wake_receivers();
             }
         }
         self.inner.background.stop();
@@ -470,16 +470,10 @@ impl Store {
                 .max(1);
             let (chunk, tail) = rest.split_at(take.min(rest.len()));
             rest = tail;
-            let parts: Vec<[&[u8]; 1]> = chunk.iter().map(|r| [r.body.as_slice()]).collect();
-            let group: Vec<Record<'_>> = chunk
-                .iter()
-                .zip(&parts)
-                .map(|(r, body)| Record {
-                    kind: r.kind.code(),
-                    body,
-                })
-                .collect();
-            last = Some(self.inner.log.write(&group)?);
+            let appended = with_log_records(chunk, |group| {
+                self.inner.log.write_reporting(group, &mut |_, _| {})
+            })?;
+            last = Some(appended);
         }
         Ok(last)
     }
@@ -496,29 +490,62 @@ impl Store {
     /// over a drop-head limit (which can cascade into their dead-letter queues; dead-letter
     /// queues are always declared before the queues that use them, so this ends), writes
     /// the records, and wakes their receivers.
-    fn after_change(&self, state: &mut State, mut woken: Vec<QueueId>, now: u64) -> Result<()> {
+    ///
+    /// The two lists of queues it needs are the state's reused `after_change_scratch`.
+    fn after_change(
+        &self,
+        state: &mut State,
+        woken: impl IntoIterator<Item = QueueId>,
+        now: u64,
+    ) -> Result<()> {
+        let (mut pending, mut touched) = std::mem::take(&mut state.after_change_scratch);
+        pending.clear();
+        touched.clear();
+        pending.extend(woken);
         let mut records = Vec::new();
-        let mut touched = Vec::new();
-        while let Some(q) = woken.pop() {
+        while let Some(q) = pending.pop() {
             if touched.contains(&q) {
                 continue;
             }
             touched.push(q);
             let mut more = Vec::new();
             records.extend(state.trim(q, now, &mut more));
-            woken.extend(more.into_iter().filter(|m| !touched.contains(m)));
+            pending.extend(more.into_iter().filter(|m| !touched.contains(m)));
         }
         let written = self.write_owned(&records);
         wake(state, &touched);
+        state.after_change_scratch = (pending, touched);
         written.map(drop)
     }
+}
+
+/// Calls `f` with `records` as log records. A single record (the usual case) needs no
+/// allocation.
+fn with_log_records<R>(records: &[OwnedRecord], f: impl FnOnce(&[Record<'_>]) -> R) -> R {
+    if let [one] = records {
+        let body = [one.body.as_slice()];
+        return f(&[Record {
+            kind: one.kind.code(),
+            body: &body,
+        }]);
+    }
+    let parts: Vec<[&[u8]; 1]> = records.iter().map(|r| [r.body.as_slice()]).collect();
+    let group: Vec<Record<'_>> = records
+        .iter()
+        .zip(&parts)
+        .map(|(r, body)| Record {
+            kind: r.kind.code(),
+            body,
+        })
+        .collect();
+    f(&group)
 }
 
 /// Wakes every receiver blocked on each queue in `queues`.
 fn wake(state: &State, queues: &[QueueId]) {
     for &q in queues {
         if let Some(queue) = state.queue(q) {
-            queue.available.notify_all();
+            queue.wake_receivers();
         }
     }
 }

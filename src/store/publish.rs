@@ -3,13 +3,14 @@
 use super::{lock, Store};
 use crate::error::{Error, Result};
 use crate::format::{frame_len, PublishHeader, RecordKind, PUBLISH_HEADER_LEN};
-use crate::ids::{MessageId, QueueId};
+use crate::ids::{MessageId, Position, QueueId};
 use crate::log::Record;
 use crate::queue::MsgState;
 use crate::queue_options::PublishOptions;
 
 impl Store {
-    /// Publishes `payloads` to queue `q` as one atomic group and returns their ids.
+    /// Publishes `payloads` to queue `q` as one atomic group and returns the id of the
+    /// first; the others follow it consecutively.
     ///
     /// Under the publish lock (so ids follow log order): fire due timers, make room under
     /// the queue's limits (overflow records go in the same group, so a crash keeps both or
@@ -21,7 +22,7 @@ impl Store {
         q: QueueId,
         payloads: &[&[u8]],
         options: &PublishOptions,
-    ) -> Result<Vec<MessageId>> {
+    ) -> Result<MessageId> {
         if payloads.is_empty() {
             return Err(Error::EmptyBatch);
         }
@@ -81,41 +82,56 @@ impl Store {
             room.clear();
         }
         let first = state.table.next_id();
-        let headers: Vec<[u8; PUBLISH_HEADER_LEN]> = (0..count)
-            .map(|i| {
-                PublishHeader {
-                    id: first + i,
-                    queue_id: q.0,
-                    published_ms: now,
-                    expires_ms,
-                    not_before_ms,
-                }
-                .encode()
-            })
-            .collect();
-        let room_parts: Vec<[&[u8]; 1]> = room.iter().map(|r| [r.body.as_slice()]).collect();
-        let publish_parts: Vec<[&[u8]; 2]> = headers
-            .iter()
-            .zip(payloads)
-            .map(|(h, p)| [&h[..], *p])
-            .collect();
-        let records: Vec<Record<'_>> = room
-            .iter()
-            .zip(&room_parts)
-            .map(|(r, body)| Record {
-                kind: r.kind.code(),
-                body: &body[..],
-            })
-            .chain(publish_parts.iter().map(|body| Record {
+        let header = |i: u64| {
+            PublishHeader {
+                id: first + i,
+                queue_id: q.0,
+                published_ms: now,
+                expires_ms,
+                not_before_ms,
+            }
+            .encode()
+        };
+        // The table learns each message's position once the group is written.
+        let room_count = room.len();
+        let mut on_position = |i: usize, pos: Position| {
+            if let Some(payload) = i.checked_sub(room_count).and_then(|j| payloads.get(j)) {
+                state.table.push(pos, q, payload.len(), MsgState::Pending);
+            }
+        };
+        let appended = if let ([], [payload]) = (room.as_slice(), payloads) {
+            // One message and nothing pushed out (the usual publish): no allocation.
+            let header = header(0);
+            let body = [&header[..], *payload];
+            let record = Record {
                 kind: RecordKind::Publish.code(),
-                body: &body[..],
-            }))
-            .collect();
-        let appended = self.inner.log.write(&records)?;
-        let publish_positions = appended.positions.get(room.len()..).unwrap_or_default();
-        for (&pos, payload) in publish_positions.iter().zip(payloads) {
-            state.table.push(pos, q, payload.len(), MsgState::Pending);
-        }
+                body: &body,
+            };
+            self.inner
+                .log
+                .write_reporting(&[record], &mut on_position)?
+        } else {
+            let headers: Vec<[u8; PUBLISH_HEADER_LEN]> = (0..count).map(header).collect();
+            let room_parts: Vec<[&[u8]; 1]> = room.iter().map(|r| [r.body.as_slice()]).collect();
+            let publish_parts: Vec<[&[u8]; 2]> = headers
+                .iter()
+                .zip(payloads)
+                .map(|(h, p)| [&h[..], *p])
+                .collect();
+            let records: Vec<Record<'_>> = room
+                .iter()
+                .zip(&room_parts)
+                .map(|(r, body)| Record {
+                    kind: r.kind.code(),
+                    body: &body[..],
+                })
+                .chain(publish_parts.iter().map(|body| Record {
+                    kind: RecordKind::Publish.code(),
+                    body: &body[..],
+                }))
+                .collect();
+            self.inner.log.write_reporting(&records, &mut on_position)?
+        };
         if let Some(queue) = state.queue_mut(q) {
             queue.pending += count;
             queue.pending_bytes += bytes;
@@ -125,7 +141,6 @@ impl Store {
         drop(order);
 
         let committed = self.inner.log.commit(&appended);
-        let ids: Vec<MessageId> = (0..count).map(|i| MessageId(first + i)).collect();
         let mut state = lock(&self.inner.state);
         if let Some(queue) = state.queue_mut(q) {
             queue.pending -= count;
@@ -133,7 +148,7 @@ impl Store {
         }
         committed?;
         let now = self.now();
-        for &id in &ids {
+        for id in (first..first + count).map(MessageId) {
             state.table.update(id, |s| s.state = MsgState::Ready);
             state.enqueue(id, q, now, not_before_ms);
             state.set_expiry(id, q, expires_ms);
@@ -142,7 +157,7 @@ impl Store {
             queue.counters.published += count;
         }
         // Concurrent drop-head publishers may have landed together over the limit.
-        self.after_change(&mut state, vec![q], now)?;
-        Ok(ids)
+        self.after_change(&mut state, [q], now)?;
+        Ok(MessageId(first))
     }
 }

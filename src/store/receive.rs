@@ -28,6 +28,8 @@ struct Taken {
     id: MessageId,
     count: u32,
     pos: Position,
+    /// The payload length, from the message table.
+    len: u32,
     queue: Arc<str>,
     expires_ms: Option<u64>,
     dead_letter: Option<DeadLetter>,
@@ -120,10 +122,18 @@ impl Store {
             let wait = timer
                 .map_or(wait, |t| t.min(wait))
                 .max(Duration::from_millis(1));
+            // Counted as a waiter from here (state lock held) until the lock is back, so
+            // that no waker skips its notification while this receiver sleeps.
+            if let Some(queue) = state.queue_mut(q) {
+                queue.waiters += 1;
+            }
             state = available
                 .wait_timeout(state, wait)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+            if let Some(queue) = state.queue_mut(q) {
+                queue.waiters = queue.waiters.saturating_sub(1);
+            }
         };
         release_ticket(&mut state, q, &mut ticket);
         drop(state);
@@ -162,22 +172,25 @@ impl Store {
                 }
                 if queue.ready_count > 0 {
                     // Let the next receiver in line look.
-                    queue.available.notify_all();
+                    queue.wake_receivers();
                 }
                 Arc::clone(&queue.name)
             }
             None => Arc::from(""),
         };
-        let pos = state
+        let (pos, len) = state
             .table
             .update(id, |s| {
                 s.state = MsgState::InFlight;
-                s.position()
+                (s.position(), s.len)
             })
-            .unwrap_or(Position {
-                segment: crate::SegmentId(0),
-                offset: 0,
-            });
+            .unwrap_or((
+                Position {
+                    segment: crate::SegmentId(0),
+                    offset: 0,
+                },
+                0,
+            ));
         let dead_letter = origin
             .zip(original_queue)
             .map(|(o, original_queue)| DeadLetter {
@@ -188,6 +201,7 @@ impl Store {
             id,
             count,
             pos,
+            len,
             queue: name,
             expires_ms,
             dead_letter,
@@ -214,7 +228,7 @@ impl Store {
                 let now = self.now();
                 state.enqueue(id, q, now, 0);
                 if let Some(queue) = state.queue(q) {
-                    queue.available.notify_all();
+                    queue.wake_receivers();
                 }
                 Err(err)
             }
@@ -223,7 +237,7 @@ impl Store {
 
     fn read_payload(&self, taken: &Taken) -> Result<Delivery> {
         let id = taken.id;
-        let (header, payload) = self.read_message(id, taken.pos)?;
+        let (header, payload) = self.read_message_of_len(id, taken.pos, Some(taken.len))?;
         let published_at = time_from_ms(header.published_ms);
         if self.inner.opts.persist_deliveries {
             let body = DeliverBody {
@@ -231,10 +245,13 @@ impl Store {
                 delivery_count: taken.count,
             }
             .encode();
-            self.inner.log.write(&[Record {
-                kind: RecordKind::Deliver.code(),
-                body: &[&body],
-            }])?;
+            self.inner.log.write_reporting(
+                &[Record {
+                    kind: RecordKind::Deliver.code(),
+                    body: &[&body],
+                }],
+                &mut |_, _| {},
+            )?;
         }
         Ok(Delivery {
             id,
@@ -261,7 +278,20 @@ impl Store {
         id: MessageId,
         pos: Position,
     ) -> Result<(PublishHeader, Vec<u8>)> {
-        let record = match self.inner.log.read(pos) {
+        self.read_message_of_len(id, pos, None)
+    }
+
+    /// Like [`Store::read_message`], given the payload length the message table holds:
+    /// the publish record at `pos` is then read with one system call, not two. A record of
+    /// another length (a relocated copy) is still read whole, with a second call.
+    pub(super) fn read_message_of_len(
+        &self,
+        id: MessageId,
+        pos: Position,
+        len: Option<u32>,
+    ) -> Result<(PublishHeader, Vec<u8>)> {
+        let body_len = len.map(|len| PUBLISH_HEADER_LEN + len as usize);
+        let record = match self.inner.log.read_expecting(pos, body_len) {
             Ok(record) => record,
             Err(err) => {
                 let now = lock(&self.inner.state).table.get(id).map(|s| s.position());
@@ -301,7 +331,7 @@ fn release_ticket(state: &mut State, q: QueueId, ticket: &mut Option<u64>) {
     if let Some(t) = ticket.take() {
         if let Some(queue) = state.queue_mut(q) {
             queue.tickets.retain(|&x| x != t);
-            queue.available.notify_all();
+            queue.wake_receivers();
         }
     }
 }

@@ -76,35 +76,52 @@ fn check(state: &mut State, id: MessageId, via: Via) -> Result<QueueId> {
     Ok(queue)
 }
 
-/// Ack records for `ids`, as few as possible: consecutive ids share a range.
-fn ack_records(ids: &mut [MessageId]) -> Vec<OwnedRecord> {
-    ids.sort_unstable();
+/// Appends the ack records for `ids` (ascending) to `records`, as few as possible:
+/// consecutive ids share a range.
+fn ack_records(ids: impl Iterator<Item = MessageId>, records: &mut Vec<OwnedRecord>) {
     let mut ranges: Vec<(u64, u64)> = Vec::new();
-    for id in ids.iter() {
+    for id in ids {
         match ranges.last_mut() {
             Some((_, last)) if *last + 1 == id.0 => *last = id.0,
             _ => ranges.push((id.0, id.0)),
         }
     }
-    ranges
-        .chunks(MAX_ACK_RANGES)
-        .map(|chunk| OwnedRecord {
+    if ranges.is_empty() {
+        return;
+    }
+    if ranges.len() <= MAX_ACK_RANGES {
+        records.push(OwnedRecord {
+            kind: RecordKind::Ack,
+            body: AckBody { ranges }.encode(),
+        });
+        return;
+    }
+    records.extend(ranges.chunks(MAX_ACK_RANGES).map(|chunk| {
+        OwnedRecord {
             kind: RecordKind::Ack,
             body: AckBody {
                 ranges: chunk.to_vec(),
             }
             .encode(),
-        })
-        .collect()
+        }
+    }));
 }
 
 impl Store {
     /// Settles `ids` (all or none: every id is checked first) and writes one atomic group;
     /// durable on return under `FsyncPolicy::Always`.
     pub(super) fn settle(&self, ids: &[MessageId], via: Via, action: Action) -> Result<()> {
-        let mut ids: Vec<MessageId> = ids.to_vec();
-        ids.sort_unstable();
-        ids.dedup();
+        // Sorted and without duplicates; a single id (the usual case) is used as given.
+        let sorted: Vec<MessageId>;
+        let ids = if ids.windows(2).all(|w| w[0] < w[1]) {
+            ids
+        } else {
+            let mut owned = ids.to_vec();
+            owned.sort_unstable();
+            owned.dedup();
+            sorted = owned;
+            &sorted
+        };
         if ids.is_empty() {
             return Ok(());
         }
@@ -125,21 +142,18 @@ impl Store {
                 return Err(Error::Closed);
             }
             // A lease that ran out is over even if nothing else touched the queue since.
-            self.fire_timers_of(&mut state, &ids, now)?;
-            let queues: Vec<QueueId> = ids
+            self.fire_timers_of(&mut state, ids, now)?;
+            // Every id is checked before anything changes; the plans are filled in after.
+            let mut plans: Vec<(MessageId, QueueId, Plan)> = ids
                 .iter()
-                .map(|&id| check(&mut state, id, via))
+                .map(|&id| check(&mut state, id, via).map(|q| (id, q, Plan::Ack)))
                 .collect::<Result<_>>()?;
-            let mut plans = Vec::with_capacity(ids.len());
             let mut records = Vec::new();
-            let mut acked = Vec::new();
-            for (&id, &q) in ids.iter().zip(&queues) {
+            for (id, q, planned) in &mut plans {
+                let (id, q) = (*id, *q);
                 state.table.update(id, |s| s.state = MsgState::Settling);
                 let plan = match action {
-                    Action::Ack => {
-                        acked.push(id);
-                        Plan::Ack
-                    }
+                    Action::Ack => Plan::Ack,
                     Action::Requeue { .. } => {
                         let count = state.deliveries.get(&id).copied().unwrap_or(1);
                         let limit = state
@@ -177,22 +191,21 @@ impl Store {
                         records.push(state.fate_record(id, fate, reason))
                     }
                 }
-                plans.push((id, q, plan));
+                *planned = plan;
             }
-            records.extend(ack_records(&mut acked));
+            // `plans` follows `ids`, which are ascending.
+            let acked = plans
+                .iter()
+                .filter(|(_, _, plan)| matches!(plan, Plan::Ack))
+                .map(|&(id, _, _)| id);
+            ack_records(acked, &mut records);
             (plans, records)
         };
 
-        let parts: Vec<[&[u8]; 1]> = records.iter().map(|r| [r.body.as_slice()]).collect();
-        let group: Vec<crate::log::Record<'_>> = records
-            .iter()
-            .zip(&parts)
-            .map(|(r, body)| crate::log::Record {
-                kind: r.kind.code(),
-                body,
-            })
-            .collect();
-        let result = self.inner.log.append(&group);
+        let result = super::with_log_records(&records, |group| {
+            let appended = self.inner.log.write_reporting(group, &mut |_, _| {})?;
+            self.inner.log.commit(&appended)
+        });
 
         let mut state = lock(&self.inner.state);
         if let Err(err) = result {
@@ -202,8 +215,10 @@ impl Store {
             return Err(err);
         }
         let now = self.now();
+        // Acks wake only their own queues (capacity freed), in order: no list needed.
+        let all_acks = plans.iter().all(|(_, _, plan)| matches!(plan, Plan::Ack));
         let mut woken = Vec::new();
-        for (id, q, plan) in plans {
+        for &(id, q, plan) in &plans {
             state.end_delivery(id, q);
             match plan {
                 Plan::Ack => state.mark_acked(id, q),
@@ -217,13 +232,29 @@ impl Store {
                 }
             }
             // Capacity freed: a consumer blocked on its prefetch limit may go on.
-            woken.push(q);
+            if !all_acks {
+                woken.push(q);
+            }
         }
-        self.after_change(&mut state, woken, now)
+        if all_acks {
+            self.after_change(&mut state, plans.iter().map(|&(_, q, _)| q), now)
+        } else {
+            self.after_change(&mut state, woken, now)
+        }
     }
 
     /// Fires the due timers of the queues the messages `ids` are in.
     fn fire_timers_of(&self, state: &mut State, ids: &[MessageId], now: u64) -> Result<()> {
+        let queue_of = |state: &State, id: MessageId| state.table.get(id).map(|s| s.queue);
+        let mut known = ids.iter().filter_map(|&id| queue_of(state, id));
+        if let Some(first) = known.next() {
+            if known.all(|q| q == first) {
+                // All in one queue (a single id, usually): no list needed.
+                return self.fire_timers(state, first, now);
+            }
+        } else {
+            return Ok(());
+        }
         let mut queues: Vec<QueueId> = ids
             .iter()
             .filter_map(|&id| state.table.get(id).map(|s| s.queue))
