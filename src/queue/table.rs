@@ -356,25 +356,28 @@ impl MessageTable {
             Vec::new()
         } else {
             (0..CHUNK)
-                .filter_map(|i| {
-                    let slot = self.read(chunk, i, first + i as u64)?;
-                    (!slot.state.is_settled()).then_some((i as u16, slot))
-                })
+                .filter_map(|i| Some((i as u16, self.read(chunk, i, first + i as u64)?)))
                 .collect()
         };
-        if let Some(Chunk::Dense { data, .. }) = self.chunks.get(chunk) {
-            for (i, &meta) in data.meta.iter().enumerate() {
-                if meta & WIDE != 0 {
-                    self.wide.remove(&(first + i as u64));
-                }
-            }
-        }
+        self.release_wide(chunk);
         if let Some(c) = self.chunks.get_mut(chunk) {
             *c = if entries.is_empty() {
                 Chunk::Settled
             } else {
                 Chunk::Sparse(Arc::new(entries))
             };
+        }
+    }
+
+    /// Drops the side-map entries of a dense chunk about to be replaced or released.
+    fn release_wide(&mut self, chunk: usize) {
+        let first = self.chunk_base + (chunk * CHUNK) as u64;
+        if let Some(Chunk::Dense { data, .. }) = self.chunks.get(chunk) {
+            for (i, &meta) in data.meta.iter().enumerate() {
+                if meta & WIDE != 0 {
+                    self.wide.remove(&(first + i as u64));
+                }
+            }
         }
     }
 
@@ -435,13 +438,7 @@ impl MessageTable {
                 self.base = self.next; // the chunk being filled stays
                 return;
             }
-            if let Some(Chunk::Dense { data, .. }) = self.chunks.front() {
-                for (i, &meta) in data.meta.iter().enumerate() {
-                    if meta & WIDE != 0 {
-                        self.wide.remove(&(self.chunk_base + i as u64));
-                    }
-                }
-            }
+            self.release_wide(0);
             self.chunks.pop_front();
             self.chunk_base = chunk_end;
             self.base = chunk_end;
@@ -457,10 +454,10 @@ impl MessageTable {
                 Chunk::Sparse(entries) => Box::new(entries.iter().map(|e| usize::from(e.0))),
                 Chunk::Dense { .. } => Box::new(0..CHUNK),
             };
+            // Settled entries are never returned by `get`.
             indices.filter_map(move |i| {
-                let id = first + i as u64;
-                let slot = self.get(MessageId(id))?;
-                (!slot.state.is_settled()).then_some((MessageId(id), slot))
+                let id = MessageId(first + i as u64);
+                Some((id, self.get(id)?))
             })
         })
     }

@@ -240,11 +240,9 @@ impl Store {
         let state = lock(&self.inner.state);
         let mut live: HashMap<SegmentId, (u64, u64)> = HashMap::new();
         for (_, slot) in state.table.live() {
-            if !slot.state.is_settled() {
-                let entry = live.entry(SegmentId(slot.segment)).or_default();
-                entry.0 += 1;
-                entry.1 += frame_len(PUBLISH_HEADER_LEN + slot.len as usize) as u64;
-            }
+            let entry = live.entry(SegmentId(slot.segment)).or_default();
+            entry.0 += 1;
+            entry.1 += frame_len(PUBLISH_HEADER_LEN + slot.len as usize) as u64;
         }
         live
     }
@@ -292,9 +290,7 @@ impl Store {
             state
                 .table
                 .live()
-                .filter(|(_, slot)| {
-                    !slot.state.is_settled() && sparse.contains(&SegmentId(slot.segment))
-                })
+                .filter(|(_, slot)| sparse.contains(&SegmentId(slot.segment)))
                 .map(|(id, slot)| (id, slot.position(), slot.len))
                 .collect()
         };
