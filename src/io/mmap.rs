@@ -1,4 +1,8 @@
-//! The only module with `unsafe` code: read-only memory maps of segment files.
+//! The only module with `unsafe` code: memory maps of segment files.
+//!
+//! Two kinds: read-only maps for recovery scans ([`map`]), and a writable window onto the
+//! preallocated part of the active segment ([`WriteWindow`]), through which small appends
+//! are copied instead of costing a `pwrite` system call each.
 
 #![allow(unsafe_code)]
 
@@ -27,4 +31,85 @@ pub(super) fn map(file: &File, len: u64) -> io::Result<FileView> {
     // contract documented on `Store::open`.
     let map = unsafe { memmap2::MmapOptions::new().len(len).map(file)? };
     Ok(FileView(ViewInner::Mapped(map)))
+}
+
+/// A shared, writable map of the bytes `[start, start + len)` of a file.
+///
+/// Bytes copied into it land in the page cache exactly as a `pwrite` would put them there:
+/// other handles and `pread` see them at once, they survive the process, and `fdatasync` on
+/// the file makes them durable (Linux keeps one page cache for both paths).
+#[derive(Debug)]
+pub(super) struct WriteWindow {
+    start: u64,
+    map: memmap2::MmapMut,
+}
+
+impl WriteWindow {
+    /// Maps `[start, start + len)` of `file`, which must be open for writing.
+    ///
+    /// The caller must keep the range inside the file's length, allocated on disk, for as
+    /// long as the window lives, and must make every other write to the range, and every
+    /// truncation, wait until no slice borrowed from the window is alive (`DiskFile` does
+    /// both under the mutex that owns the window).
+    pub(super) fn new(file: &File, start: u64, len: usize) -> io::Result<WriteWindow> {
+        // SAFETY: memmap2's contract for a mutable map is that nothing else modifies or
+        // truncates the mapped range while Rust references into it exist, or they would see
+        // bytes change under them (or fault with SIGBUS past the end of the file). The window
+        // is owned by a `DiskFile` behind a mutex; that file's writes, reads and `set_len`
+        // all take the mutex, `set_len` drops the window before shrinking under it, and the
+        // range is created only inside the length `preallocate` gave the file, with its
+        // blocks allocated (so a copy into it never needs space the disk lacks). Other
+        // `DiskFile` handles of the same path only read it. A foreign process ignoring the
+        // directory lock could still truncate the file; that is outside the contract
+        // documented on `Store::open`, as for read-only maps.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(start)
+                .len(len)
+                .map_mut(file)?
+        };
+        Ok(WriteWindow { start, map })
+    }
+
+    /// First byte after the window.
+    pub(super) fn end(&self) -> u64 {
+        self.start + self.map.len() as u64
+    }
+
+    /// The window's bytes `[offset, offset + len)` of the file, if it covers all of them.
+    fn range(&self, offset: u64, len: usize) -> Option<std::ops::Range<usize>> {
+        let from = usize::try_from(offset.checked_sub(self.start)?).ok()?;
+        let to = from.checked_add(len)?;
+        (to <= self.map.len()).then_some(from..to)
+    }
+
+    /// Copies `buf` to file offset `offset`; `false` (nothing copied) if the window does not
+    /// cover all of it.
+    pub(super) fn write(&mut self, buf: &[u8], offset: u64) -> bool {
+        let Some(range) = self.range(offset, buf.len()) else {
+            return false;
+        };
+        match self.map.get_mut(range) {
+            Some(dst) => {
+                dst.copy_from_slice(buf);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Fills `buf` from file offset `offset`; `false` (nothing read) if the window does not
+    /// cover all of it.
+    pub(super) fn read(&self, buf: &mut [u8], offset: u64) -> bool {
+        let Some(range) = self.range(offset, buf.len()) else {
+            return false;
+        };
+        match self.map.get(range) {
+            Some(src) => {
+                buf.copy_from_slice(src);
+                true
+            }
+            None => false,
+        }
+    }
 }

@@ -86,6 +86,14 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
     /// fail for lack of space. Never shrinks the file; may extend its length to `len`.
     fn preallocate(&self, len: u64) -> io::Result<()>;
 
+    /// Tells the file that nothing more will be written to it (its segment was sealed), so
+    /// that it can release what it keeps to make writes cheap ([`DiskVfs`]'s write window).
+    /// Writes stay correct after it, only slower, until the next [`preallocate`]. The
+    /// default does nothing.
+    ///
+    /// [`preallocate`]: VfsFile::preallocate
+    fn finish_writes(&self) {}
+
     /// Returns a read-only view of the first `len` bytes (a memory map on a real disk).
     ///
     /// The caller must not write to or truncate the file while the view is alive.

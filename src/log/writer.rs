@@ -277,6 +277,7 @@ impl Shared {
             self.wake_synced(w);
             return Err(err);
         }
+        old.file.finish_writes();
         w.write_offset += frame.len() as u64;
         old.set_data_end(w.write_offset);
         w.durable = w.end();
