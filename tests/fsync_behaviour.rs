@@ -261,6 +261,10 @@ impl VfsFile for FaultFile {
         self.inner.len()
     }
 
+    fn finish_writes(&self) {
+        self.inner.finish_writes();
+    }
+
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.inner.set_len(len)?;
         self.state.record(Op::SetLen { file: self.id, len });
@@ -427,6 +431,73 @@ fn group_commit_shares_syncs_between_threads() {
     drop(store);
     let store = open(&vfs, &dir(), small_opts());
     assert_eq!(drain(&store).len(), publishes);
+}
+
+/// Many threads publish under `Always` through roll-overs while every `fdatasync` is slow,
+/// so that most of them park behind a running round; then one `fdatasync` fails. Every
+/// thread must return (the parked ones included), none may have been told its publish
+/// succeeded unless it is durable: after a power loss on the simulated disk, every confirmed
+/// payload is recovered.
+#[test]
+fn group_commit_confirms_only_durable_publishes_through_roll_overs_and_a_failed_sync() {
+    use std::sync::mpsc;
+    use walq::io::{CrashMode, SimVfs};
+    const THREADS: usize = 12;
+    let sim = SimVfs::new(7);
+    let vfs = FaultVfs::new(Arc::new(sim.clone()));
+    let store = open(&vfs, &dir(), small_opts().fsync(FsyncPolicy::Always));
+    let queue = store.declare_queue(QUEUE).expect("declare");
+    vfs.set_sync_delay(Duration::from_micros(500));
+    let confirmed = Arc::new(Mutex::new(Vec::new()));
+    let (done_tx, done_rx) = mpsc::channel();
+    for t in 0..THREADS {
+        let (queue, confirmed, done_tx) = (queue.clone(), Arc::clone(&confirmed), done_tx.clone());
+        std::thread::spawn(move || {
+            let mut outcome = Ok(());
+            for i in 0..10_000 {
+                // About 600 bytes: a 64 KiB segment rolls over every hundred publishes.
+                let payload = format!("t{t}-{i}-{}", "x".repeat(580)).into_bytes();
+                match queue.publish(&payload) {
+                    Ok(_) => confirmed.lock().unwrap().push(payload),
+                    Err(e) => {
+                        outcome = Err(e);
+                        break;
+                    }
+                }
+            }
+            done_tx.send(outcome).unwrap();
+        });
+    }
+    let enough = wait_until(Duration::from_secs(60), || {
+        confirmed.lock().unwrap().len() >= 400
+    });
+    assert!(enough, "publishers made no progress");
+    assert!(store.stats().segments > 2, "roll-overs happened meanwhile");
+    vfs.fail_next_sync();
+    for _ in 0..THREADS {
+        let outcome = done_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a publisher hung after the failed fdatasync");
+        let err = outcome.expect_err("publishers stop at the failure");
+        assert!(
+            matches!(&err, Error::Poisoned { .. })
+                || matches!(&err, Error::Io { source, .. } if source.raw_os_error() == Some(5)),
+            "a publisher failed otherwise: {err:?}"
+        );
+    }
+    drop(queue);
+    drop(store);
+    let confirmed = std::mem::take(&mut *confirmed.lock().unwrap());
+    let after = sim.crash(CrashMode::PowerLoss, 11);
+    let store = Store::open_with_vfs(Arc::new(after), &dir(), small_opts()).expect("reopen");
+    let recovered: std::collections::HashSet<Vec<u8>> = drain(&store).into_iter().collect();
+    let lost = confirmed.iter().filter(|p| !recovered.contains(*p)).count();
+    assert_eq!(
+        lost,
+        0,
+        "{lost} of {} confirmed publishes lost",
+        confirmed.len()
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@
 mod flusher;
 mod recovery;
 mod segment;
+mod waiters;
 mod writer;
 
 use std::collections::BTreeMap;

@@ -1,13 +1,15 @@
 //! The write path: framing, segment roll-over, group commit and poisoning.
 //!
 //! # Group commit
-//! Appenders write their frames under the writer lock (one `pwrite` per group) and then, if
+//! Appenders write their frames under the writer lock (one write per group) and then, if
 //! the policy asks for durability, wait for the durable position to pass the end of their
 //! group. Whoever finds no `fdatasync` in progress becomes the leader: it records the current
 //! end of the log, releases the lock, syncs, and on success advances the durable position to
-//! that end and wakes everyone. Appenders that wrote while the leader was syncing wait for
-//! the next round, which one of them leads. So N concurrent appenders cost about two
-//! `fdatasync`s, not N.
+//! that end. Appenders that find a sync running park (`waiters.rs`). When the round ends, the
+//! leader tells those it covered that they are done, and they return without taking the lock
+//! again; of those that wrote while it was syncing, it calls one to lead the next round,
+//! which covers the rest. So N concurrent appenders cost about two `fdatasync`s, not N, and
+//! each wakes once.
 //!
 //! # Poisoning
 //! If a write or an `fdatasync` fails, the writer records the failure and refuses every later
@@ -18,6 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::segment::TEMP_SUFFIX;
+use super::waiters::{Parked, Waiter, DONE};
 use super::{frame_header, Record, Segment, Shared};
 use super::{CLOSED_FILE, FIRST_USER_KIND};
 use crate::error::{Error, Result};
@@ -28,6 +31,11 @@ use crate::ids::{Position, SegmentId};
 use crate::io::write_all_at;
 use crate::options::{FsyncPolicy, SEAL_RESERVE};
 
+/// How many `fdatasync` rounds one caller of [`Shared::wait_durable`] runs back to back at
+/// most before calling another thread to lead: the first for itself, the rest for threads
+/// that parked behind it.
+const ROUNDS_PER_LEADER: u32 = 2;
+
 #[derive(Debug)]
 pub(crate) struct WriterState {
     pub(super) active: Arc<Segment>,
@@ -37,6 +45,8 @@ pub(crate) struct WriterState {
     pub(super) durable: Position,
     /// A leader is running `fdatasync`.
     sync_in_progress: bool,
+    /// Appenders parked until a sync covers their records.
+    parked: Parked,
     /// Threads blocked on `Shared::synced` right now. Changed only under the writer lock,
     /// held by every waiter from checking its condition until `wait` releases it and by
     /// every waker while it changes what waiters wait for: a wake that finds none is
@@ -65,6 +75,7 @@ impl WriterState {
             active,
             write_offset,
             sync_in_progress: false,
+            parked: Parked::default(),
             sync_waiters: 0,
             poisoned: None,
             closed: false,
@@ -132,11 +143,26 @@ impl Shared {
     }
 
     /// Wakes the threads blocked on `synced`, if any (`notify_all` is a system call even
-    /// when nobody waits). Takes the writer state to show that its lock is held.
-    fn wake_synced(&self, w: &WriterState) {
+    /// when nobody waits), and tells the parked appenders what the durable position, poison
+    /// and sync state now mean for them. Takes the writer state to show that its lock is
+    /// held; used where that state changes off the group-commit path (roll-over, failures,
+    /// truncation), so the parked threads are woken under the lock.
+    fn wake_synced(&self, w: &mut WriterState) {
         if w.sync_waiters > 0 {
             self.synced.notify_all();
         }
+        for waiter in self.settle_parked(w) {
+            waiter.unpark();
+        }
+    }
+
+    /// Tells the parked appenders what the writer state now means for them; returns those
+    /// to unpark.
+    fn settle_parked(&self, w: &mut WriterState) -> Vec<Arc<Waiter>> {
+        let mut wake = Vec::new();
+        let (durable, poisoned, running) = (w.durable, w.poisoned.is_some(), w.sync_in_progress);
+        w.parked.settle(durable, poisoned, running, &mut wake);
+        wake
     }
 
     /// Writes `records` as one group; once the write has succeeded, calls `on_position`
@@ -198,7 +224,7 @@ impl Shared {
         if let Err(e) = result {
             let err = Error::io("write", &segment.path, e);
             w.poison(&err);
-            self.wake_synced(&w);
+            self.wake_synced(&mut w);
             return Err(err);
         }
         w.write_offset = start + total;
@@ -315,9 +341,22 @@ impl Shared {
     /// Blocks until the log is durable up to `target`, leading an `fdatasync` if none is in
     /// progress (group commit; see the module docs).
     pub(super) fn wait_durable(&self, target: Position) -> Result<()> {
-        let mut w = self.lock_writer();
+        self.wait_durable_locked(self.lock_writer(), target)
+    }
+
+    fn wait_durable_locked<'a>(
+        &'a self,
+        mut w: std::sync::MutexGuard<'a, WriterState>,
+        target: Position,
+    ) -> Result<()> {
+        // Set when this thread was woken to look again, possibly called to lead.
+        let mut called = false;
         loop {
-            if w.durable >= target {
+            let must_lead = called && !w.sync_in_progress && w.parked.need_leader();
+            if called {
+                w.parked.call_answered();
+            }
+            if w.durable >= target && !must_lead {
                 return Ok(());
             }
             if let Some(cause) = &w.poisoned {
@@ -326,10 +365,34 @@ impl Shared {
                 });
             }
             if w.sync_in_progress {
-                w = self.wait_synced(w);
+                let waiter = w.parked.register(target);
+                drop(w);
+                if waiter.wait() == DONE {
+                    return Ok(());
+                }
+                called = true;
+                w = self.lock_writer();
                 continue;
             }
-            w.sync_in_progress = true;
+            return self.lead(w, target);
+        }
+    }
+
+    /// Runs `fdatasync` rounds as the leader (see the module docs), called with the writer
+    /// lock held and no sync running, until `target` is durable. A leader that finds threads
+    /// parked behind its round when it ends runs one more round for them at once, which
+    /// saves the time another thread would take to wake and start it; after
+    /// [`ROUNDS_PER_LEADER`] it calls one of them to lead instead, so no caller stays leader
+    /// for long.
+    fn lead<'a>(
+        &'a self,
+        mut w: std::sync::MutexGuard<'a, WriterState>,
+        target: Position,
+    ) -> Result<()> {
+        w.sync_in_progress = true;
+        w.parked.call_answered();
+        let mut rounds = 0;
+        loop {
             let segment = Arc::clone(&w.active);
             let to = w.end();
             w.unsynced_records = 0;
@@ -337,21 +400,36 @@ impl Shared {
             drop(w);
             let result = segment.file.sync_data();
             w = self.lock_writer();
-            w.sync_in_progress = false;
-            match result {
-                Ok(()) => {
-                    if to > w.durable {
-                        w.durable = to;
-                    }
-                    self.wake_synced(&w);
-                }
-                Err(e) => {
-                    let err = Error::io("fdatasync", &segment.path, e);
-                    w.poison(&err);
-                    self.wake_synced(&w);
-                    return Err(err);
-                }
+            if let Err(e) = result {
+                w.sync_in_progress = false;
+                let err = Error::io("fdatasync", &segment.path, e);
+                w.poison(&err);
+                self.wake_synced(&mut w);
+                return Err(err);
             }
+            rounds += 1;
+            if to > w.durable {
+                w.durable = to;
+            }
+            if w.sync_waiters > 0 {
+                self.synced.notify_all();
+            }
+            let again = rounds < ROUNDS_PER_LEADER && w.is_dirty() && w.parked.need_leader();
+            w.sync_in_progress = again;
+            // Wake the parked outside the lock, so that none wakes into a held lock.
+            let wake = self.settle_parked(&mut w);
+            drop(w);
+            for waiter in &wake {
+                waiter.unpark();
+            }
+            if !again {
+                if to >= target {
+                    return Ok(());
+                }
+                // The log was cut below `target` meanwhile: look again, as any waiter would.
+                return self.wait_durable_locked(self.lock_writer(), target);
+            }
+            w = self.lock_writer();
         }
     }
 
@@ -386,7 +464,7 @@ impl Shared {
         let result = self.cut(&mut w, &target, pos);
         if let Err(err) = &result {
             w.poison(err);
-            self.wake_synced(&w);
+            self.wake_synced(&mut w);
         }
         result
     }
@@ -539,7 +617,7 @@ impl Shared {
         if let Err(err) = self.remove_segments(&doomed) {
             let mut w = self.lock_writer();
             w.poison(&err);
-            self.wake_synced(&w);
+            self.wake_synced(&mut w);
             return Err(err);
         }
         Ok(doomed.len())
