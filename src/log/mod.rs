@@ -262,6 +262,13 @@ impl Log {
         })
     }
 
+    /// Whether [`Log::commit`] can block (waiting for an `fdatasync`): only under
+    /// [`FsyncPolicy::Always`].
+    #[must_use]
+    pub fn commit_waits(&self) -> bool {
+        matches!(self.shared.opts.fsync, FsyncPolicy::Always)
+    }
+
     /// Waits until `appended` is as durable as the fsync policy promises: durable under
     /// [`FsyncPolicy::Always`]; under the other policies it returns at once (the background
     /// flusher or an explicit [`Log::sync`] makes it durable later).

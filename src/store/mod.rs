@@ -482,6 +482,9 @@ impl Store {
     /// and wakes receivers of every queue that gained ready messages.
     fn fire_timers(&self, state: &mut State, q: QueueId, now: u64) -> Result<()> {
         let (records, woken) = state.run_timers(q, now);
+        if records.is_empty() && woken.is_empty() {
+            return Ok(()); // nothing was due: the usual case
+        }
         self.write_owned(&records)?;
         self.after_change(state, woken, now)
     }

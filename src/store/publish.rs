@@ -147,7 +147,12 @@ impl Store {
             queue.pending_bytes -= bytes;
         }
         committed?;
-        let now = self.now();
+        // Read the clock again only if the commit may have waited for a sync.
+        let now = if self.inner.log.commit_waits() {
+            self.now()
+        } else {
+            now
+        };
         for id in (first..first + count).map(MessageId) {
             state.table.update(id, |s| s.state = MsgState::Ready);
             state.enqueue(id, q, now, not_before_ms);
