@@ -34,7 +34,7 @@ pub(crate) use state::QueueState;
 pub(crate) use table::{Lookup, MessageTable, MsgState};
 
 use crate::format::{Disposition, MoveBody, MoveReason, RecordKind, RollbackBody};
-use crate::ids::{MessageId, QueueId};
+use crate::ids::{IdMap, MessageId, QueueId};
 
 /// A record the store must write for a state change made here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,17 +75,17 @@ pub(crate) struct State {
     pub(crate) by_name: HashMap<Arc<str>, QueueId>,
     pub(crate) table: MessageTable,
     /// Delivery counts of unsettled messages that were delivered at least once.
-    pub(crate) deliveries: HashMap<MessageId, u32>,
-    pub(crate) inflight: HashMap<MessageId, InFlight>,
+    pub(crate) deliveries: IdMap<MessageId, u32>,
+    pub(crate) inflight: IdMap<MessageId, InFlight>,
     pub(crate) consumers: HashMap<u64, ConsumerState>,
     pub(crate) next_consumer: u64,
     pub(crate) next_ticket: u64,
     /// Dead-lettered messages: the queue they came from, and why.
-    pub(crate) origins: HashMap<MessageId, Origin>,
+    pub(crate) origins: IdMap<MessageId, Origin>,
     /// Delayed messages: when they become ready.
-    pub(crate) delays: HashMap<MessageId, u64>,
+    pub(crate) delays: IdMap<MessageId, u64>,
     /// Messages with an expiry (while in the queue they were published to).
-    pub(crate) expiries: HashMap<MessageId, u64>,
+    pub(crate) expiries: IdMap<MessageId, u64>,
     pub(crate) acked_total: u64,
     pub(crate) rejected_total: u64,
     pub(crate) closed: bool,

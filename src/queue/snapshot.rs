@@ -1,11 +1,11 @@
 //! The queue state as a [`Checkpoint`]: what replaying the log up to one position would
 //! rebuild, minus what only lives in this process (deliveries out with consumers, leases).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use super::{MessageTable, MsgState, Origin, State};
 use crate::format::{Checkpoint, CheckpointMessage, CheckpointQueue, CHECKPOINT_HEADER_LEN};
-use crate::ids::{MessageId, Position, SegmentId};
+use crate::ids::{IdMap, MessageId, Position, SegmentId};
 
 impl State {
     /// A frozen copy of what a checkpoint of this state holds, as the log stands at
@@ -66,10 +66,10 @@ pub(crate) struct Frozen {
     head: Checkpoint,
     position: Position,
     table: MessageTable,
-    deliveries: HashMap<MessageId, u32>,
-    expiries: HashMap<MessageId, u64>,
-    delays: HashMap<MessageId, u64>,
-    origins: HashMap<MessageId, Origin>,
+    deliveries: IdMap<MessageId, u32>,
+    expiries: IdMap<MessageId, u64>,
+    delays: IdMap<MessageId, u64>,
+    origins: IdMap<MessageId, Origin>,
 }
 
 impl Frozen {

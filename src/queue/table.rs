@@ -16,10 +16,10 @@
 //! 32 bytes per unsettled message, whatever the ack pattern; a settled stretch of the id
 //! space costs 8 bytes per 1,024 ids until the oldest message before it settles.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::ids::{MessageId, Position, QueueId, SegmentId};
+use crate::ids::{IdMap, MessageId, Position, QueueId, SegmentId};
 
 /// Ids per chunk.
 pub(crate) const CHUNK: usize = 1024;
@@ -159,7 +159,7 @@ pub(crate) struct MessageTable {
     /// The next id to be pushed.
     next: u64,
     chunks: VecDeque<Chunk>,
-    wide: HashMap<u64, Wide>,
+    wide: IdMap<u64, Wide>,
     /// Unsettled entries.
     live: u64,
 }
@@ -177,7 +177,7 @@ impl MessageTable {
             base: first,
             next: first,
             chunks: VecDeque::new(),
-            wide: HashMap::new(),
+            wide: IdMap::default(),
             live: 0,
         }
     }
