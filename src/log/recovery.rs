@@ -183,7 +183,7 @@ pub(super) fn recover(
                 let from = start.filter(|s| s.segment == id).map_or(0, |s| s.offset);
                 let end = scan(
                     &view,
-                    id,
+                    file.as_ref(),
                     &header,
                     (is_last, closed_at, from),
                     opts.recovery,
@@ -412,16 +412,19 @@ fn decode_header(view: &[u8], id: SegmentId, path: &Path) -> Result<SegmentHeade
     Ok(header)
 }
 
-/// Scans one segment, visiting complete groups, and decides how it ends.
+/// Scans one segment (`view` holds all of `file`), visiting complete groups, and decides how
+/// it ends.
 fn scan(
     view: &[u8],
-    id: SegmentId,
+    file: &dyn VfsFile,
     header: &SegmentHeader,
     (is_last, closed_at, from): (bool, u64, u64),
     mode: RecoveryMode,
     report: &mut RecoveryReport,
     visit: &mut dyn FnMut(RecoveredRecord<'_>) -> Result<()>,
 ) -> Result<ScanEnd> {
+    // `decode_header` checked that the header names this segment.
+    let id = SegmentId(header.segment_id);
     let mut offset = SEGMENT_HEADER_LEN as u64;
     let mut group: Vec<RecoveredRecord<'_>> = Vec::new();
     let mut group_start = offset;
@@ -514,7 +517,7 @@ fn scan(
     } else {
         group_start
     };
-    let tail_is_zero = all_zero(view.get(offset as usize..).unwrap_or_default());
+    let tail_is_zero = tail_is_zero(view, file, offset);
     let after = if tail_is_zero {
         AfterBad {
             frames: 0,
@@ -569,6 +572,36 @@ fn scan(
         discarded_frames: after.frames,
     });
     Ok(ScanEnd::Open { cut, clean: false })
+}
+
+/// Whether every byte of `view` (all of `file`) from `from` on is zero.
+///
+/// Stretches the file system reports as never written (holes, blocks preallocated and never
+/// written: see [`VfsFile::data_after`]) read as zeros and are not read. For an open segment
+/// that is usually most of the file: reading it would fault in every page of it (and, the
+/// first time, have the kernel zero-fill each), for nothing. The stretches that may hold
+/// data are read in full, as is everything when the file system cannot tell.
+fn tail_is_zero(view: &[u8], file: &dyn VfsFile, from: u64) -> bool {
+    let len = view.len() as u64;
+    let mut pos = from;
+    while pos < len {
+        let (start, end) = match file.data_after(pos) {
+            Ok(None) => return true,
+            Ok(Some((start, end))) => (start.max(pos), end.min(len)),
+            // Cannot tell: read the rest.
+            Err(_) => (pos, len),
+        };
+        if start >= len {
+            return true;
+        }
+        // An empty or inverted stretch makes no sense: read the rest.
+        let end = if end > start { end } else { len };
+        if !all_zero(view.get(start as usize..end as usize).unwrap_or_default()) {
+            return false;
+        }
+        pos = end;
+    }
+    true
 }
 
 struct AfterBad {
