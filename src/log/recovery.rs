@@ -128,6 +128,8 @@ pub(super) fn recover(
     let closed = read_closed_marker(vfs, dir)?;
     // Whether a second thread may verify checksums (asked once, when first needed).
     let mut parallel: Option<bool> = None;
+    // The open segment that a clean close proved durable up to where recovery left it.
+    let mut durable_to: Option<SegmentId> = None;
     let mut segments = BTreeMap::new();
     let mut last_sealed = true;
     // The id of the segment to create if the log ends on a seal: the one the seal names.
@@ -272,6 +274,11 @@ pub(super) fn recover(
                 if !clean {
                     cut_file(file.as_ref(), &path, cut, opts)?;
                 }
+                // A clean close made the log durable up to its end: if that is exactly
+                // where this segment ends, there is nothing left to make durable.
+                durable_to = closed
+                    .filter(|m| clean && m.segment == id.0 && m.offset == cut)
+                    .map(|_| id);
                 segments.insert(id, segment(cut));
                 last_sealed = false;
                 if !is_last {
@@ -312,11 +319,16 @@ pub(super) fn recover(
                 .map_err(|e| Error::io("preallocate segment", &active.path, e))?;
         }
         // Records recovered from the page cache after a process crash may not be durable
-        // yet; make them so before anything is served from them.
-        active
-            .file
-            .sync_data()
-            .map_err(|e| Error::io("fdatasync", &active.path, e))?;
+        // yet; make them so before anything is served from them. After a clean close that
+        // ended the log where it ends now they are: the close synced them before it wrote
+        // its marker (a preallocation just extended need not be durable: a crash that loses
+        // it leaves a shorter file, which recovery reads the same).
+        if durable_to != Some(active.id) {
+            active
+                .file
+                .sync_data()
+                .map_err(|e| Error::io("fdatasync", &active.path, e))?;
+        }
         active
     };
     if closed.is_some() {
