@@ -920,6 +920,48 @@ fn reopen_syncs_recovered_tail_and_directory_before_writing() {
     queue.publish(b"new").expect("publish");
 }
 
+/// After a clean close the log is durable up to the marker: reopening needs no
+/// `fdatasync` of the segment (the directory is still synced after the marker is removed).
+/// After a close whose marker no longer matches where the log ends (records written after
+/// it by a drop without close), the segment is synced again.
+#[test]
+fn reopen_after_clean_close_does_not_resync_the_segment() {
+    let mem = MemVfs::new();
+    {
+        let store = Store::open_with_vfs(
+            Arc::new(mem.clone()),
+            &dir(),
+            small_opts().fsync(FsyncPolicy::Never),
+        )
+        .expect("open");
+        let queue = store.declare_queue(QUEUE).expect("declare");
+        for i in 0..10 {
+            queue.publish(format!("m{i}").as_bytes()).expect("publish");
+        }
+        store.close().expect("close");
+    }
+    let vfs = FaultVfs::new(Arc::new(mem.clone()));
+    let store = open(&vfs, &dir(), small_opts().fsync(FsyncPolicy::Never));
+    assert_eq!(vfs.syncs(), 0, "{:?}", vfs.events());
+    let events = vfs.events();
+    assert!(
+        events.contains(&Op::Remove {
+            path: dir().join("CLOSED")
+        }),
+        "{events:?}"
+    );
+    assert!(
+        matches!(events.last(), Some(Op::SyncDir { .. })),
+        "{events:?}"
+    );
+    assert_eq!(drain(&store).len(), 10);
+    // Dropped without close: the records of the deliveries are not covered by any marker.
+    drop(store);
+    let vfs = FaultVfs::new(Arc::new(mem));
+    let _store = open(&vfs, &dir(), small_opts().fsync(FsyncPolicy::Never));
+    assert!(vfs.syncs() > 0, "{:?}", vfs.events());
+}
+
 // ---------------------------------------------------------------------------------------
 // (g) A failed write (disk full) poisons the store; the log stays on a record boundary.
 // ---------------------------------------------------------------------------------------

@@ -385,3 +385,98 @@ fn torn_tail_on_disk() {
         assert_eq!(drain(&store), expected);
     }
 }
+
+/// Options for the stores on disk below: segments preallocated to 4 MiB.
+fn disk_opts() -> StoreOptions {
+    StoreOptions::new().segment_size(4 << 20).preallocate(true)
+}
+
+/// A store on disk with a preallocated segment, dropped without `close`, whose tail gets
+/// `garbage` written at `at`, far past the end of the log. Returns the directory and where
+/// the log ends.
+fn preallocated_on_disk(
+    tmp: &std::path::Path,
+    at: u64,
+    garbage: &dyn Fn(u64, u64) -> Vec<u8>,
+) -> (PathBuf, u64) {
+    use std::os::unix::fs::FileExt;
+
+    let dir = tmp.join(format!("at{at}"));
+    {
+        let store = Store::open(&dir, disk_opts()).expect("open");
+        let queue = store.declare_queue(QUEUE).expect("declare");
+        for i in 0..3 {
+            queue.publish(&payload(i)).expect("publish");
+        }
+    }
+    let bytes = std::fs::read(seg_path(&dir, 0)).expect("read segment");
+    assert_eq!(bytes.len(), 4 << 20, "preallocated");
+    let end = frames(&bytes)
+        .last()
+        .map(|f| f.offset + f.len)
+        .expect("frames") as u64;
+    let header = walq::format::SegmentHeader::decode(&bytes).expect("header");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(seg_path(&dir, 0))
+        .expect("open segment");
+    file.write_all_at(&garbage(header.salt, end), at)
+        .expect("write garbage");
+    (dir, end)
+}
+
+/// Recovery does not read the never-written tail of a preallocated segment, but it must
+/// still find bytes written anywhere in it: non-zero bytes far past the end of the log are
+/// a torn tail (cut off), not ignored.
+#[test]
+fn garbage_far_into_a_preallocated_tail_on_disk_is_cut_off() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for at in [1 << 20, (3 << 20) + 4096, (4 << 20) - 8] {
+        let (dir, end) = preallocated_on_disk(tmp.path(), at, &|_, _| vec![0xa5; 8]);
+        let store = Store::open(&dir, disk_opts()).expect("open");
+        let t = store
+            .recovery_report()
+            .truncated
+            .clone()
+            .unwrap_or_else(|| panic!("garbage at {at} not found"));
+        assert_eq!(
+            (t.segment, t.offset),
+            (SegmentId(0), end),
+            "garbage at {at}"
+        );
+        assert_eq!(t.discarded_frames, 0);
+        let expected: Vec<Vec<u8>> = (0..3).map(payload).collect();
+        assert_eq!(drain(&store), expected);
+        drop(store);
+        let bytes = std::fs::read(seg_path(&dir, 0)).expect("read segment");
+        let at = at as usize;
+        assert_eq!(&bytes[at..at + 8], &[0; 8], "the garbage at {at} is gone");
+        let store = Store::open(&dir, disk_opts()).expect("reopen");
+        assert_eq!(store.recovery_report().truncated, None);
+    }
+}
+
+/// The same with a checksum-valid frame far into the tail whose durable mark says the end
+/// of the log was durable: corruption, as with the whole tail read.
+#[test]
+fn durable_frame_far_into_a_preallocated_tail_on_disk_is_corruption() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let at: u64 = (2 << 20) + 512;
+    let frame = |salt: u64, end: u64| {
+        let mut out = Vec::new();
+        let header = walq::format::FrameHeader {
+            kind: 17,
+            flags: walq::format::RecordFlags::NONE,
+            mark: u32::try_from(end + 8).expect("small offset"),
+        };
+        walq::format::encode_frame(&mut out, salt, 0, at, header, &[b"late"]);
+        out
+    };
+    let (dir, end) = preallocated_on_disk(tmp.path(), at, &frame);
+    match Store::open(&dir, disk_opts()) {
+        Err(walq::Error::Corruption {
+            segment, offset, ..
+        }) => assert_eq!((segment, offset), (SegmentId(0), end)),
+        other => panic!("expected corruption at {end}, got {other:?}"),
+    }
+}

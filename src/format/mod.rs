@@ -19,6 +19,7 @@ pub use checkpoint::{
     QUEUE_COUNTERS,
 };
 pub use closed_marker::{ClosedMarker, CLOSED_MAGIC, CLOSED_MARKER_LEN};
+pub(crate) use frame::decode_frame_with;
 pub use frame::{
     all_zero, decode_frame, encode_frame, frame_len, zero_run, FrameError, FrameHeader,
     RecordFlags, RecordView, FRAME_ALIGN, FRAME_HEADER_LEN, MAX_BODY_LEN, MAX_FRAME_LEN,

@@ -14,10 +14,12 @@ use super::{FileView, LockGuard, Vfs, VfsFile};
 /// The operating system's file system.
 ///
 /// `sync_data` is `fdatasync(2)`, `sync_dir` is `fsync(2)` on the directory, `try_lock` is
-/// `flock(2)` (`LOCK_EX | LOCK_NB`), and `preallocate` is `fallocate(2)`.
+/// `flock(2)` (`LOCK_EX | LOCK_NB`), `preallocate` is `fallocate(2)`, and `data_after` is
+/// `lseek(2)` with `SEEK_DATA` and `SEEK_HOLE` (on Linux, Android and FreeBSD; elsewhere it
+/// reports the whole rest of the file as data).
 ///
-/// On Linux, writes and reads of at most [`WINDOW`](DiskVfs::WINDOW) bytes that fall inside a writable
-/// file's preallocated length are copied through a shared memory map of a
+/// On Linux, writes and reads of at most [`WINDOW`](DiskVfs::WINDOW) bytes that fall inside
+/// a writable file's preallocated length are copied through a shared memory map of a
 /// `WINDOW`-sized, `WINDOW`-aligned part of the file instead of costing a
 /// `pwrite`/`pread` system call each. The bytes land in the same page cache either way, so
 /// what a process crash or `fdatasync` keeps is unchanged; only a small record appended to
@@ -217,6 +219,10 @@ impl VfsFile for DiskFile {
     fn view(&self, len: u64) -> io::Result<FileView> {
         mmap::map(&self.file, len)
     }
+
+    fn data_after(&self, offset: u64) -> io::Result<Option<(u64, u64)>> {
+        mmap::data_after(&self.file, offset)
+    }
 }
 
 #[cfg(test)]
@@ -337,5 +343,47 @@ mod tests {
 
     fn write_all_at_(file: &dyn VfsFile, buf: &[u8], offset: u64) {
         super::super::write_all_at(file, buf, offset).unwrap();
+    }
+
+    /// Follows `data_after` from 0 to the end and returns the stretches it reports.
+    fn stretches(file: &dyn VfsFile) -> Vec<(u64, u64)> {
+        let len = file.len().unwrap();
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while pos < len {
+            let Some((start, end)) = file.data_after(pos).unwrap() else {
+                break;
+            };
+            assert!(pos <= start && start < end, "{pos}: ({start}, {end})");
+            out.push((start, end.min(len)));
+            pos = end;
+        }
+        out
+    }
+
+    #[test]
+    fn data_after_covers_every_written_byte() {
+        const MIB: u64 = 1 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let file = DiskVfs.create(&dir.path().join("f")).unwrap();
+        file.preallocate(4 * MIB).unwrap();
+        file.write_at(b"head", 0).unwrap();
+        file.write_at(b"middle", 2 * MIB + 5).unwrap();
+        file.sync_data().unwrap();
+        let found = stretches(file.as_ref());
+        // Whatever the file system's granularity, every written byte lies in a stretch.
+        for at in [0, 3, 2 * MIB + 5, 2 * MIB + 10] {
+            assert!(
+                found.iter().any(|&(s, e)| s <= at && at < e),
+                "byte {at} not in {found:?}"
+            );
+        }
+        // Past the last written byte nothing is data, or (a file system that cannot tell)
+        // the rest of the file is.
+        let last = found.last().copied().unwrap();
+        assert!(last.1 == 4 * MIB || last.1 <= 3 * MIB, "{found:?}");
+        // At or past the end of the file: nothing.
+        assert_eq!(file.data_after(4 * MIB).unwrap(), None);
+        assert_eq!(file.data_after(5 * MIB).unwrap(), None);
     }
 }

@@ -1,8 +1,9 @@
-//! The only module with `unsafe` code: memory maps of segment files.
+//! The only module with `unsafe` code: memory maps of segment files, and the `lseek(2)`
+//! query for the stretches of a file that were ever written.
 //!
-//! Two kinds: read-only maps for recovery scans ([`map`]), and a writable window onto the
-//! preallocated part of the active segment ([`WriteWindow`]), through which small appends
-//! are copied instead of costing a `pwrite` system call each.
+//! Two kinds of maps: read-only maps for recovery scans ([`map`]), and a writable window
+//! onto the preallocated part of the active segment ([`WriteWindow`]), through which small
+//! appends are copied instead of costing a `pwrite` system call each.
 
 #![allow(unsafe_code)]
 
@@ -112,4 +113,43 @@ impl WriteWindow {
             None => false,
         }
     }
+}
+
+/// [`VfsFile::data_after`](super::VfsFile::data_after) for a file on disk: `lseek(2)` with
+/// `SEEK_DATA` from `offset`, then `SEEK_HOLE` from the data found. `ENXIO` from `SEEK_DATA`
+/// means no data from `offset` to the end of the file.
+///
+/// Both calls move the descriptor's file offset, which walq never uses: every read and
+/// write of a segment is positioned (`pread`/`pwrite`).
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+pub(super) fn data_after(file: &File, offset: u64) -> io::Result<Option<(u64, u64)>> {
+    use std::os::unix::io::AsRawFd;
+
+    let too_large = || io::Error::new(io::ErrorKind::InvalidInput, "offset too large");
+    let fd = file.as_raw_fd();
+    let from = libc::off_t::try_from(offset).map_err(|_| too_large())?;
+    // SAFETY: `lseek` takes plain integers and touches no memory of this process; `fd` is
+    // the descriptor `file` owns, open for the duration of the borrow.
+    let start = unsafe { libc::lseek(fd, from, libc::SEEK_DATA) };
+    if start < 0 {
+        let err = io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            _ => Err(err),
+        };
+    }
+    // SAFETY: as above.
+    let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
+    if end < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let start = u64::try_from(start).map_err(|_| too_large())?;
+    let end = u64::try_from(end).map_err(|_| too_large())?;
+    Ok(Some((start, end)))
+}
+
+/// Elsewhere the file system is not asked: everything may be data.
+#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+pub(super) fn data_after(_file: &File, offset: u64) -> io::Result<Option<(u64, u64)>> {
+    Ok(Some((offset, u64::MAX)))
 }

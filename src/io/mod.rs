@@ -98,6 +98,20 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
     ///
     /// The caller must not write to or truncate the file while the view is alive.
     fn view(&self, len: u64) -> io::Result<FileView>;
+
+    /// The first stretch of the file at or after `offset` that may hold bytes other than
+    /// zeros, as `(start, end)` with `offset <= start < end`; `None` if nothing from `offset`
+    /// to the end of the file was ever written (holes, and blocks preallocated but never
+    /// written, read as zeros). A stretch may be all zeros too: only what lies outside every
+    /// stretch is known to be zero without reading it.
+    ///
+    /// Recovery uses it to avoid reading the never-written, preallocated tail of a segment.
+    /// The default, for file systems that cannot tell, is the whole rest of the file
+    /// (`Ok(Some((offset, u64::MAX)))`): everything is read. [`DiskVfs`] asks the file
+    /// system (`lseek(2)` with `SEEK_DATA` and `SEEK_HOLE`).
+    fn data_after(&self, offset: u64) -> io::Result<Option<(u64, u64)>> {
+        Ok(Some((offset, u64::MAX)))
+    }
 }
 
 /// The guard of a [`Vfs::try_lock`] lock; dropping it releases the lock.

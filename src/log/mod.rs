@@ -10,6 +10,7 @@
 //! Durability follows the [`FsyncPolicy`]; the group-commit protocol
 //! is in `writer.rs`, the recovery scan in `recovery.rs`.
 
+mod ahead;
 mod flusher;
 mod recovery;
 mod segment;

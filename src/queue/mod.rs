@@ -127,6 +127,18 @@ impl State {
     /// `now`, else ready (requeued order if it was delivered before).
     pub(crate) fn enqueue(&mut self, id: MessageId, q: QueueId, now: u64, not_before: u64) {
         let len = self.slot_len(id);
+        self.enqueue_sized(id, q, len, now, not_before);
+    }
+
+    /// [`enqueue`](Self::enqueue) for a caller that has the message's payload length at hand.
+    pub(crate) fn enqueue_sized(
+        &mut self,
+        id: MessageId,
+        q: QueueId,
+        len: u64,
+        now: u64,
+        not_before: u64,
+    ) {
         let delivered_before = self.deliveries.contains_key(&id);
         let expiry = self.expiries.get(&id).copied();
         let Some(queue) = self.queues.get_mut(q.0 as usize) else {

@@ -392,16 +392,17 @@ impl Replayer {
     pub(crate) fn finish(mut self, now: u64) -> State {
         let delays = std::mem::take(&mut self.state.delays);
         let expiries = std::mem::take(&mut self.state.expiries);
-        let live: Vec<(MessageId, QueueId)> = self
-            .state
-            .table
-            .live()
-            .filter(|(_, slot)| slot.state == MsgState::Ready)
-            .map(|(id, slot)| (id, slot.queue))
-            .collect();
-        for (id, queue) in live {
+        let mut live: Vec<(MessageId, QueueId, u32)> =
+            Vec::with_capacity(usize::try_from(self.state.table.live_count()).unwrap_or(0));
+        self.state.table.for_each_live(|id, slot| {
+            if slot.state == MsgState::Ready {
+                live.push((id, slot.queue, slot.len));
+            }
+        });
+        for (id, queue, len) in live {
+            let not_before = delays.get(&id).copied().unwrap_or(0);
             self.state
-                .enqueue(id, queue, now, delays.get(&id).copied().unwrap_or(0));
+                .enqueue_sized(id, queue, u64::from(len), now, not_before);
             if let Some(&at) = expiries.get(&id) {
                 self.state.set_expiry(id, queue, at);
             }

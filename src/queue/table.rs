@@ -462,6 +462,38 @@ impl MessageTable {
         })
     }
 
+    /// Calls `f` with every unsettled entry and its id, oldest first: what
+    /// [`live`](Self::live) yields, without its per-id lookup and boxed per-chunk iterator
+    /// (recovery hands every message to its queue this way).
+    pub(crate) fn for_each_live(&self, mut f: impl FnMut(MessageId, Slot)) {
+        let held = self.base..self.next;
+        for (c, chunk) in self.chunks.iter().enumerate() {
+            let first = self.chunk_base + (c * CHUNK) as u64;
+            match chunk {
+                Chunk::Settled => {}
+                Chunk::Sparse(entries) => {
+                    for &(i, slot) in entries.iter() {
+                        let id = first + u64::from(i);
+                        if held.contains(&id) {
+                            f(MessageId(id), slot);
+                        }
+                    }
+                }
+                Chunk::Dense { .. } => {
+                    for i in 0..CHUNK {
+                        let id = first + i as u64;
+                        if !held.contains(&id) {
+                            continue;
+                        }
+                        if let Some(slot) = self.read(c, i, id) {
+                            f(MessageId(id), slot);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Number of unsettled messages.
     pub(crate) fn live_count(&self) -> u64 {
         self.live
@@ -512,6 +544,9 @@ mod tests {
                 .collect();
             assert_eq!(table.live_count(), want.len() as u64);
             assert_eq!(live, want);
+            let mut visited = Vec::new();
+            table.for_each_live(|id, slot| visited.push((id, slot)));
+            assert!(visited.iter().copied().eq(table.live()), "for_each_live");
         };
         for round in 0..6 {
             for _ in 0..3000 {
