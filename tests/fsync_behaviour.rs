@@ -880,21 +880,25 @@ fn new_segments_are_synced_into_the_directory_before_records_are_written() {
     );
 }
 
+/// Opens a store on `mem` under `FsyncPolicy::Never` and publishes ten messages; the caller
+/// decides whether it is closed or just dropped.
+fn publish_ten_under_never(mem: &MemVfs) -> walq::Result<Store> {
+    let store = Store::open_with_vfs(
+        Arc::new(mem.clone()),
+        &dir(),
+        small_opts().fsync(FsyncPolicy::Never),
+    )?;
+    let queue = store.declare_queue(QUEUE)?;
+    for i in 0..10 {
+        queue.publish(format!("m{i}").as_bytes())?;
+    }
+    Ok(store)
+}
+
 #[test]
 fn reopen_syncs_recovered_tail_and_directory_before_writing() {
     let mem = MemVfs::new();
-    {
-        let store = Store::open_with_vfs(
-            Arc::new(mem.clone()),
-            &dir(),
-            small_opts().fsync(FsyncPolicy::Never),
-        )
-        .expect("open");
-        let queue = store.declare_queue(QUEUE).expect("declare");
-        for i in 0..10 {
-            queue.publish(format!("m{i}").as_bytes()).expect("publish");
-        }
-    }
+    publish_ten_under_never(&mem).expect("open");
     let vfs = FaultVfs::new(Arc::new(mem));
     let store = open(&vfs, &dir(), small_opts().fsync(FsyncPolicy::Never));
     let events = vfs.events();
@@ -927,19 +931,10 @@ fn reopen_syncs_recovered_tail_and_directory_before_writing() {
 #[test]
 fn reopen_after_clean_close_does_not_resync_the_segment() {
     let mem = MemVfs::new();
-    {
-        let store = Store::open_with_vfs(
-            Arc::new(mem.clone()),
-            &dir(),
-            small_opts().fsync(FsyncPolicy::Never),
-        )
-        .expect("open");
-        let queue = store.declare_queue(QUEUE).expect("declare");
-        for i in 0..10 {
-            queue.publish(format!("m{i}").as_bytes()).expect("publish");
-        }
-        store.close().expect("close");
-    }
+    publish_ten_under_never(&mem)
+        .expect("open")
+        .close()
+        .expect("close");
     let vfs = FaultVfs::new(Arc::new(mem.clone()));
     let store = open(&vfs, &dir(), small_opts().fsync(FsyncPolicy::Never));
     assert_eq!(vfs.syncs(), 0, "{:?}", vfs.events());

@@ -352,7 +352,10 @@ impl Shared {
         // Set when this thread was woken to look again, possibly called to lead.
         let mut called = false;
         loop {
-            let must_lead = called && !w.sync_in_progress && w.parked.need_leader();
+            // A thread called to lead does so even if its own records became durable
+            // meanwhile (by a roll-over), unless the log is poisoned: then nobody leads.
+            let must_lead =
+                called && !w.sync_in_progress && w.poisoned.is_none() && w.parked.need_leader();
             if called {
                 w.parked.call_answered();
             }
