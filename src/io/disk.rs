@@ -86,9 +86,10 @@ impl Window {
         let Ok(len) = usize::try_from(WINDOW.min(self.limit - start)) else {
             return false;
         };
-        self.map = None; // unmap the old window before mapping the next
-                         // A map that fails (address space, a file system without mmap) leaves the work to
-                         // the system calls; so does a write that straddles two windows.
+        // Unmap the old window before mapping the next. A map that fails (address space, a
+        // file system without mmap) leaves the work to the system calls; so does a write
+        // that straddles two windows.
+        self.map = None;
         self.map = WriteWindow::new(file, start, len).ok();
         self.map.as_mut().is_some_and(|map| map.write(buf, offset))
     }

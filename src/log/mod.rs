@@ -274,9 +274,10 @@ impl Log {
     /// [`FsyncPolicy::Always`]; under the other policies it returns at once (the background
     /// flusher or an explicit [`Log::sync`] makes it durable later).
     pub fn commit(&self, appended: &Appended) -> Result<()> {
-        match self.shared.opts.fsync {
-            FsyncPolicy::Always => self.shared.wait_durable(appended.end),
-            FsyncPolicy::Batch { .. } | FsyncPolicy::Interval(_) | FsyncPolicy::Never => Ok(()),
+        if self.commit_waits() {
+            self.shared.wait_durable(appended.end)
+        } else {
+            Ok(())
         }
     }
 

@@ -446,52 +446,36 @@ impl MessageTable {
     }
 
     /// Unsettled entries with their ids, oldest first.
+    ///
+    /// Cost: one pass over the chunks, reading each entry in place (no lookup per id, no
+    /// boxed iterator per chunk); recovery hands every message to its queue this way.
     pub(crate) fn live(&self) -> impl Iterator<Item = (MessageId, Slot)> + '_ {
+        let held = self.base..self.next;
         self.chunks.iter().enumerate().flat_map(move |(c, chunk)| {
             let first = self.chunk_base + (c * CHUNK) as u64;
-            let indices: Box<dyn Iterator<Item = usize> + '_> = match chunk {
-                Chunk::Settled => Box::new(std::iter::empty()),
-                Chunk::Sparse(entries) => Box::new(entries.iter().map(|e| usize::from(e.0))),
-                Chunk::Dense { .. } => Box::new(0..CHUNK),
+            let (sparse, dense): (&[(u16, Slot)], usize) = match chunk {
+                Chunk::Settled => (&[], 0),
+                Chunk::Sparse(entries) => (entries.as_slice(), 0),
+                Chunk::Dense { .. } => (&[], CHUNK),
             };
-            // Settled entries are never returned by `get`.
-            indices.filter_map(move |i| {
-                let id = MessageId(first + i as u64);
-                Some((id, self.get(id)?))
-            })
+            let held_sparse = held.clone();
+            let in_sparse = sparse
+                .iter()
+                .map(move |&(i, slot)| (first + u64::from(i), slot))
+                .filter(move |(id, _)| held_sparse.contains(id));
+            let held = held.clone();
+            // Settled entries of a dense chunk are never returned by `read`.
+            let in_dense = (0..dense).filter_map(move |i| {
+                let id = first + i as u64;
+                if !held.contains(&id) {
+                    return None;
+                }
+                Some((id, self.read(c, i, id)?))
+            });
+            in_sparse
+                .chain(in_dense)
+                .map(|(id, slot)| (MessageId(id), slot))
         })
-    }
-
-    /// Calls `f` with every unsettled entry and its id, oldest first: what
-    /// [`live`](Self::live) yields, without its per-id lookup and boxed per-chunk iterator
-    /// (recovery hands every message to its queue this way).
-    pub(crate) fn for_each_live(&self, mut f: impl FnMut(MessageId, Slot)) {
-        let held = self.base..self.next;
-        for (c, chunk) in self.chunks.iter().enumerate() {
-            let first = self.chunk_base + (c * CHUNK) as u64;
-            match chunk {
-                Chunk::Settled => {}
-                Chunk::Sparse(entries) => {
-                    for &(i, slot) in entries.iter() {
-                        let id = first + u64::from(i);
-                        if held.contains(&id) {
-                            f(MessageId(id), slot);
-                        }
-                    }
-                }
-                Chunk::Dense { .. } => {
-                    for i in 0..CHUNK {
-                        let id = first + i as u64;
-                        if !held.contains(&id) {
-                            continue;
-                        }
-                        if let Some(slot) = self.read(c, i, id) {
-                            f(MessageId(id), slot);
-                        }
-                    }
-                }
-            }
-        }
     }
 
     /// Number of unsettled messages.
@@ -537,16 +521,13 @@ mod tests {
                     None => assert!(want.state.is_settled(), "id {} lost: {want:?}", id.0),
                 }
             }
-            let live: Vec<u64> = table.live().map(|(id, _)| id.0).collect();
-            let want: Vec<u64> = (0..model.len())
+            let live: Vec<(u64, Slot)> = table.live().map(|(id, slot)| (id.0, slot)).collect();
+            let want: Vec<(u64, Slot)> = (0..model.len())
                 .filter(|&i| !model[i].state.is_settled())
-                .map(|i| 1000 + i as u64)
+                .map(|i| (1000 + i as u64, model[i]))
                 .collect();
             assert_eq!(table.live_count(), want.len() as u64);
             assert_eq!(live, want);
-            let mut visited = Vec::new();
-            table.for_each_live(|id, slot| visited.push((id, slot)));
-            assert!(visited.iter().copied().eq(table.live()), "for_each_live");
         };
         for round in 0..6 {
             for _ in 0..3000 {
