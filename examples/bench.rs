@@ -18,6 +18,9 @@
 //! * `raw overwrite 256 B (fallocated)`: the same through a file reserved with `fallocate`
 //!   and never written, as walq preallocates its segments (a diagnostic row);
 //! * `raw append 1 MiB`: 1 MiB append + `fdatasync` per op (bandwidth);
+//! * `raw write 32 × 256 B`: 8 KiB writes + `fdatasync` per op, sequentially through a fresh
+//!   `fallocate`d file, counted as 32 messages each: what 32 producers' group commit could
+//!   reach if every `fdatasync` carried all 32 messages and nothing else cost time;
 //! * walq under `FsyncPolicy::Always`: 256-byte publishes from 1 and from 32 threads, and
 //!   batches of 1000 1-KiB messages.
 //!
@@ -85,6 +88,8 @@ struct Plan {
     cpu_latency_ops: usize,
     /// Size of the files of the raw overwrite references.
     overwrite_file: u64,
+    /// Size of the file of the raw group reference (fresh blocks for every write).
+    group_file: u64,
     /// Approximate log size of the recovery workload.
     recovery_bytes: u64,
     /// Messages queued for the memory measurement.
@@ -100,6 +105,7 @@ impl Plan {
             cpu: Duration::from_secs(2),
             cpu_latency_ops: 500_000,
             overwrite_file: 64 << 20,
+            group_file: 256 << 20,
             recovery_bytes: 200_000_000,
             rss_messages: 1_000_000,
             rounds,
@@ -113,6 +119,7 @@ impl Plan {
             cpu: Duration::from_millis(700),
             cpu_latency_ops: 100_000,
             overwrite_file: 16 << 20,
+            group_file: 64 << 20,
             recovery_bytes: 40_000_000,
             rss_messages: 1_000_000,
             rounds,
@@ -171,20 +178,22 @@ const RAW_APPEND: usize = 0;
 const RAW_OVERWRITE: usize = 1;
 const RAW_FALLOCATED: usize = 2;
 const RAW_MIB: usize = 3;
-const ONE_PRODUCER: usize = 4;
-const PRODUCERS_32: usize = 5;
-const BATCH: usize = 6;
-const RAW_WRITE: usize = 7;
-const NEVER: usize = 8;
-const CYCLE: usize = 9;
-const NEVER_BATCH: usize = 10;
-const RECOVERY: usize = 11;
-const READ: usize = 12;
-const ROWS: [&str; 13] = [
+const RAW_GROUP: usize = 4;
+const ONE_PRODUCER: usize = 5;
+const PRODUCERS_32: usize = 6;
+const BATCH: usize = 7;
+const RAW_WRITE: usize = 8;
+const NEVER: usize = 9;
+const CYCLE: usize = 10;
+const NEVER_BATCH: usize = 11;
+const RECOVERY: usize = 12;
+const READ: usize = 13;
+const ROWS: [&str; 14] = [
     "raw append 256 B + fdatasync",
     "raw overwrite 256 B + fdatasync (zero-filled file)",
     "raw overwrite 256 B + fdatasync (fallocated file)",
     "raw append 1 MiB + fdatasync",
+    "raw write 32 × 256 B at once + fdatasync (fallocated file)",
     "publish 256 B, Always, 1 producer",
     "publish 256 B, Always, 32 producers",
     "publish_batch 1000 × 1 KiB, Always",
@@ -205,6 +214,11 @@ struct Ratios {
     one: f64,
     /// Durable publish, 32 producers / 1 producer.
     many: f64,
+    /// Messages/s of raw 32 × 256 B writes + fdatasync / durable publish, 1 producer: the
+    /// most that group commit of 32 producers could reach over 1 producer on this disk.
+    group_ceiling: f64,
+    /// Durable publish, 32 producers / messages/s of raw 32 × 256 B writes + fdatasync.
+    of_group: f64,
     /// Durable batch MB/s / raw 1 MiB append MB/s.
     batch: f64,
     /// Recovery MB/s / sequential read MB/s.
@@ -225,6 +239,8 @@ impl Ratios {
             raw_small,
             one: one / raw_small,
             many: round[PRODUCERS_32].messages_per_s() / one,
+            group_ceiling: round[RAW_GROUP].messages_per_s() / one,
+            of_group: round[PRODUCERS_32].messages_per_s() / round[RAW_GROUP].messages_per_s(),
             batch: round[BATCH].mb_per_s() / round[RAW_MIB].mb_per_s(),
             recovery: round[RECOVERY].mb_per_s() / round[READ].mb_per_s(),
             fallocated: round[RAW_FALLOCATED].ops_per_s() / round[RAW_OVERWRITE].ops_per_s(),
@@ -344,9 +360,10 @@ trait Sliced {
 fn disk_bound(dir: &Path, plan: &Plan) -> AnyResult<Vec<Sample>> {
     let mut workloads: Vec<Box<dyn Sliced>> = vec![
         Box::new(RawFile::append(dir, 256)?),
-        Box::new(RawFile::overwrite(dir, plan.overwrite_file, false)?),
-        Box::new(RawFile::overwrite(dir, plan.overwrite_file, true)?),
+        Box::new(RawFile::overwrite(dir, plan.overwrite_file, false, 1)?),
+        Box::new(RawFile::overwrite(dir, plan.overwrite_file, true, 1)?),
         Box::new(RawFile::append(dir, 1 << 20)?),
+        Box::new(RawFile::overwrite(dir, plan.group_file, true, 32)?),
         Box::new(Durable::publish(dir, 1)?),
         Box::new(Durable::publish(dir, 32)?),
         Box::new(Durable::batch(dir)?),
@@ -367,6 +384,8 @@ struct RawFile {
     /// `None`: append. `Some(len)`: overwrite sequentially within the first `len` bytes,
     /// wrapping around.
     overwrite: Option<u64>,
+    /// Each write stands for this many 256-B messages (0: the row counts no messages).
+    messages_per_op: u64,
     offset: u64,
     sample: Sample,
 }
@@ -383,6 +402,7 @@ impl RawFile {
             file,
             buf: vec![0x5a; size],
             overwrite: None,
+            messages_per_op: 0,
             offset: 0,
             sample: Sample::default(),
         })
@@ -390,13 +410,15 @@ impl RawFile {
 
     /// A file of `len` bytes, either written full of zeros, or only reserved with
     /// `fallocate` (unwritten extents: the first write to each block converts it, a
-    /// metadata change `fdatasync` must make durable too). Synced before it is used.
-    fn overwrite(dir: &Path, len: u64, fallocated: bool) -> AnyResult<RawFile> {
-        let path = dir.join(if fallocated {
-            "raw-fallocated"
+    /// metadata change `fdatasync` must make durable too). Synced before it is used. Each
+    /// write is `messages` × 256 B (the write of a group commit of that many messages).
+    fn overwrite(dir: &Path, len: u64, fallocated: bool, messages: u64) -> AnyResult<RawFile> {
+        let kind = if fallocated {
+            "fallocated"
         } else {
-            "raw-zero-filled"
-        });
+            "zero-filled"
+        };
+        let path = dir.join(format!("raw-{kind}-{messages}"));
         let mut file = OpenOptions::new()
             .create_new(true)
             .read(true)
@@ -416,8 +438,9 @@ impl RawFile {
         Ok(RawFile {
             path,
             file,
-            buf: vec![0x5a; 256],
+            buf: vec![0x5a; 256 * messages as usize],
             overwrite: Some(len),
+            messages_per_op: if messages > 1 { messages } else { 0 },
             offset: 0,
             sample: Sample::default(),
         })
@@ -442,6 +465,7 @@ impl Sliced for RawFile {
             self.file.sync_data()?;
             self.sample.latencies.push(t.elapsed());
             self.sample.ops += 1;
+            self.sample.messages += self.messages_per_op;
             self.sample.bytes += self.buf.len() as u64;
         }
         self.sample.elapsed += start.elapsed();
@@ -1103,15 +1127,17 @@ fn print_report(rounds: &[Vec<Sample>], rss: &Rss, plan: &Plan, quick: bool) {
 
     let ratios: Vec<Ratios> = rounds.iter().map(|r| Ratios::of(r)).collect();
     println!("\n### ratios, round by round\n");
-    println!("| round | raw 256 B fdatasync ops/s (better of append, overwrite) | 1 producer / raw | 32 producers / 1 | batch / raw 1 MiB | recovery / read | raw fallocated / zero-filled | Never publish / raw write(2) |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| round | raw 256 B fdatasync ops/s (better of append, overwrite) | 1 producer / raw | 32 producers / 1 | raw 32 × 256 B / 1 producer | 32 producers / raw 32 × 256 B | batch / raw 1 MiB | recovery / read | raw fallocated / zero-filled | Never publish / raw write(2) |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (i, r) in ratios.iter().enumerate() {
         println!(
-            "| {} | {} | {:.1}% | {:.1}× | {:.1}% | {:.1}% | {:.1}% | {:.1}% |",
+            "| {} | {} | {:.1}% | {:.1}× | {:.1}× | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {:.1}% |",
             i + 1,
             fmt_rate(r.raw_small),
             100.0 * r.one,
             r.many,
+            r.group_ceiling,
+            100.0 * r.of_group,
             100.0 * r.batch,
             100.0 * r.recovery,
             100.0 * r.fallocated,
@@ -1140,6 +1166,10 @@ fn print_report(rounds: &[Vec<Sample>], rss: &Rss, plan: &Plan, quick: bool) {
     println!(
         "| durable publish, 32 producers / 1 producer | {many:.1}× | ≥ 25× | {} |",
         verdict(many >= 25.0)
+    );
+    println!(
+        "| (the disk's ceiling for it: raw 32 × 256 B + fdatasync, messages/s / 1 producer) | {:.1}× | | |",
+        median(ratios.iter().map(|r| r.group_ceiling))
     );
     println!(
         "| durable batch 1000 × 1 KiB / raw 1 MiB append + fdatasync bandwidth | {:.1}% | ≥ 70% | {} |",
