@@ -773,32 +773,37 @@ fn position(events: &[Op], from: usize, pred: impl Fn(&Op) -> bool) -> Option<us
     events[from..].iter().position(pred).map(|i| i + from)
 }
 
-#[test]
-fn new_segments_are_synced_into_the_directory_before_records_are_written() {
+/// Publishes 1000-byte messages under `policy` until the log has rolled over three times,
+/// closes the store and returns the recorded calls, with each segment's creation: (index
+/// of the `Create` event, file number, temporary path), in segment order.
+fn roll_over_events(policy: FsyncPolicy) -> (Vec<Op>, Vec<(usize, usize, PathBuf)>) {
     let vfs = FaultVfs::new(Arc::new(MemVfs::new()));
-    let store = open(&vfs, &dir(), small_opts().fsync(FsyncPolicy::Never));
+    let store = open(&vfs, &dir(), small_opts().fsync(policy));
     let queue = store.declare_queue(QUEUE).expect("declare");
     let payload = vec![3u8; 1000];
-    for _ in 0..200 {
+    while store.stats().segments < 4 {
         queue.publish(&payload).expect("publish");
     }
-    let segments = store.stats().segments;
-    assert!(segments >= 4, "{segments} segments");
+    store.close().expect("close");
     let events = vfs.events();
-
+    assert_eq!(
+        vfs.dir_syncs(),
+        events
+            .iter()
+            .filter(|e| matches!(e, Op::SyncDir { .. }))
+            .count()
+    );
     let creates: Vec<(usize, usize, PathBuf)> = events
         .iter()
         .enumerate()
         .filter_map(|(i, e)| match e {
-            Op::Create { file, path } => Some((i, *file, path.clone())),
+            Op::Create { file, path } if path.to_string_lossy().contains(".wal") => {
+                Some((i, *file, path.clone()))
+            }
             _ => None,
         })
         .collect();
-    assert_eq!(
-        creates.len(),
-        segments,
-        "one creation per segment: {creates:?}"
-    );
+    assert_eq!(creates.len(), 4, "one creation per segment: {creates:?}");
     for (k, (c, file, tmp)) in creates.iter().enumerate() {
         let file = *file;
         let name = tmp.file_name().and_then(|n| n.to_str()).expect("name");
@@ -807,7 +812,7 @@ fn new_segments_are_synced_into_the_directory_before_records_are_written() {
             format!("{k:020}.wal.tmp"),
             "segments are created under a temporary name"
         );
-        let target = seg_path(&dir(), k as u64);
+        // The header is written and synced before the file leaves its temporary name.
         let header = position(&events, *c, |e| {
             matches!(e, Op::WriteAt { file: f, offset: 0, len } if *f == file && *len == SEGMENT_HEADER_LEN)
         })
@@ -815,17 +820,51 @@ fn new_segments_are_synced_into_the_directory_before_records_are_written() {
         let synced = position(&events, header, |e| *e == Op::SyncData { file, ok: true })
             .expect("header synced");
         let renamed = position(&events, *c, |e| matches!(e, Op::Rename { .. })).expect("rename");
+        assert!(
+            synced < renamed,
+            "segment {k}: renamed before its header was synced"
+        );
+        for e in &events[*c + 1..renamed] {
+            if let Op::WriteAt {
+                file: f, offset, ..
+            } = e
+            {
+                assert!(*f != file || *offset == 0, "segment {k}: early write {e:?}");
+            }
+        }
+    }
+    (events, creates)
+}
+
+/// Where the previous segment's last write (its seal) is, before event `before`, and the
+/// first sync of that file after it.
+fn seal_and_sync(events: &[Op], prev: usize, before: usize) -> (usize, Option<usize>) {
+    let seal = events[..before]
+        .iter()
+        .rposition(|e| matches!(e, Op::WriteAt { file: f, .. } if *f == prev))
+        .expect("previous segment written");
+    let synced = position(events, seal, |e| {
+        *e == Op::SyncData {
+            file: prev,
+            ok: true,
+        }
+    });
+    (seal, synced)
+}
+
+#[test]
+fn under_always_new_segments_are_synced_into_the_directory_before_records_are_written() {
+    let (events, creates) = roll_over_events(FsyncPolicy::Always);
+    for (k, (c, file, tmp)) in creates.iter().enumerate() {
+        let file = *file;
+        let renamed = position(&events, *c, |e| matches!(e, Op::Rename { .. })).expect("rename");
         assert_eq!(
             events[renamed],
             Op::Rename {
                 from: tmp.clone(),
-                to: target.clone()
+                to: seg_path(&dir(), k as u64)
             },
             "segment {k}: the next rename moves the .tmp into place"
-        );
-        assert!(
-            synced < renamed,
-            "segment {k}: renamed before its header was synced"
         );
         let dir_sync = position(&events, renamed, |e| matches!(e, Op::SyncDir { .. }))
             .expect("directory synced");
@@ -839,44 +878,67 @@ fn new_segments_are_synced_into_the_directory_before_records_are_written() {
             "segment {k}: a record was written at event {first_record} before the directory \
              sync at {dir_sync}"
         );
-        // Nothing else touches the file between creation and the directory sync except
-        // the header, the preallocation and its sync.
-        for e in &events[*c + 1..dir_sync] {
-            if let Op::WriteAt {
-                file: f, offset, ..
-            } = e
-            {
-                assert!(*f != file || *offset == 0, "segment {k}: early write {e:?}");
-            }
-        }
         // A roll-over: the previous segment's seal is written and synced before creation.
         if k > 0 {
-            let prev = creates[k - 1].1;
-            let last_write = events[..*c]
-                .iter()
-                .rposition(|e| matches!(e, Op::WriteAt { file: f, .. } if *f == prev))
-                .expect("previous segment written");
+            let (_, synced) = seal_and_sync(&events, creates[k - 1].1, *c);
             assert!(
-                events[last_write..*c].contains(&Op::SyncData {
-                    file: prev,
-                    ok: true
-                }),
-                "segment {k}: previous segment not synced after its seal"
+                synced.is_some_and(|s| s < *c),
+                "segment {k}: previous segment not synced after its seal before creation"
             );
         }
     }
+}
+
+#[test]
+fn under_never_a_successor_is_published_only_after_the_sealed_segment_is_synced() {
+    let (events, creates) = roll_over_events(FsyncPolicy::Never);
+    for (k, (c, file, tmp)) in creates.iter().enumerate().skip(1) {
+        let file = *file;
+        let target = seg_path(&dir(), k as u64);
+        let pending = PathBuf::from(format!("{}.next", target.display()));
+        // Created as a pending successor, with no wait for the previous segment...
+        let renamed = position(&events, *c, |e| matches!(e, Op::Rename { .. })).expect("rename");
+        assert_eq!(
+            events[renamed],
+            Op::Rename {
+                from: tmp.clone(),
+                to: pending.clone()
+            },
+            "segment {k}: created under its pending name"
+        );
+        let first_record = position(&events, *c, |e| {
+            matches!(e, Op::WriteAt { file: f, offset, .. } if *f == file && *offset >= SEGMENT_HEADER_LEN as u64)
+        })
+        .expect("records written into the segment");
+        assert!(
+            renamed < first_record,
+            "segment {k}: written before it was created"
+        );
+        // ...published only once the previous one is durable up to its seal, and the
+        // directory synced after that.
+        let published = position(&events, renamed, |e| {
+            *e == Op::Rename {
+                from: pending.clone(),
+                to: target.clone(),
+            }
+        })
+        .unwrap_or_else(|| panic!("segment {k} was never published"));
+        let (seal, synced) = seal_and_sync(&events, creates[k - 1].1, *c);
+        let synced = synced.expect("previous segment synced after its seal");
+        assert!(
+            seal < synced && synced < published,
+            "segment {k}: published at event {published}, the sealed segment's sync is at \
+             {synced}"
+        );
+        let dir_sync = position(&events, published, |e| matches!(e, Op::SyncDir { .. }))
+            .expect("directory synced after publishing");
+        assert_eq!(events[dir_sync], Op::SyncDir { dir: dir() });
+    }
     assert!(
         !events.iter().any(
-            |e| matches!(e, Op::Create { path, .. } if path.extension().is_some_and(|x| x == "wal"))
+            |e| matches!(e, Op::Create { path, .. } if path.extension().is_some_and(|x| x == "wal" || x == "next"))
         ),
-        "a segment was created directly under its final name"
-    );
-    assert_eq!(
-        vfs.dir_syncs(),
-        events
-            .iter()
-            .filter(|e| matches!(e, Op::SyncDir { .. }))
-            .count()
+        "a segment was created directly under its final or pending name"
     );
 }
 

@@ -1,4 +1,6 @@
-//! The background thread that syncs under `FsyncPolicy::Batch` and `FsyncPolicy::Interval`.
+//! The background thread of a log that does not sync every append (every policy but
+//! `FsyncPolicy::Always`): it publishes the pending successor of each roll-over (see
+//! `Shared::roll`), and syncs under `FsyncPolicy::Batch` and `FsyncPolicy::Interval`.
 
 use std::sync::{Arc, PoisonError};
 use std::thread::JoinHandle;
@@ -21,6 +23,16 @@ fn run(shared: &Shared) {
     let mut last_sync = Instant::now();
     let mut w = shared.lock_writer();
     loop {
+        // Before the shutdown check, so that a dropped log leaves no pending successor.
+        if w.roll_pending() {
+            let (guard, published) = shared.publish_pending(w);
+            if published.is_err() {
+                // The writer is poisoned; appenders see the error themselves.
+                return;
+            }
+            w = guard;
+            continue;
+        }
         if w.shutdown {
             return;
         }
@@ -37,12 +49,16 @@ fn run(shared: &Shared) {
                 }
             }
             FsyncPolicy::Interval(every) => Some(last_sync + every),
-            FsyncPolicy::Always | FsyncPolicy::Never => return,
+            FsyncPolicy::Never => None,
+            FsyncPolicy::Always => return,
         };
         match due {
             Some(at) if at <= now => {
                 last_sync = now;
                 if !w.is_dirty() {
+                    // Synced meanwhile (by a roll-over's publication, say): nothing is due.
+                    w.unsynced_records = 0;
+                    w.first_unsynced_at = None;
                     continue;
                 }
                 let target = w.end();
@@ -62,7 +78,8 @@ fn run(shared: &Shared) {
                     .0;
             }
             None => {
-                // Nothing unsynced: sleep until an append wakes us (bounded, to be robust).
+                // Nothing to sync: sleep until an append or a roll-over wakes us (bounded, to
+                // be robust).
                 let timeout = Duration::from_secs(1);
                 w = shared
                     .flusher_wake

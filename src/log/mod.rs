@@ -181,10 +181,10 @@ impl Log {
             lock: Mutex::new(Some(lock)),
         });
         let flusher = match shared.opts.fsync {
-            FsyncPolicy::Batch { .. } | FsyncPolicy::Interval(_) => {
+            FsyncPolicy::Batch { .. } | FsyncPolicy::Interval(_) | FsyncPolicy::Never => {
                 Some(flusher::spawn(Arc::clone(&shared))?)
             }
-            FsyncPolicy::Always | FsyncPolicy::Never => None,
+            FsyncPolicy::Always => None,
         };
         Ok((Log { shared, flusher }, recovered.report))
     }

@@ -18,7 +18,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use super::ahead;
-use super::segment::{Segment, TEMP_SUFFIX};
+use super::segment::{pending_path, Segment, PENDING_SUFFIX, TEMP_SUFFIX};
 use super::{CLOSED_FILE, LOCK_FILE};
 use crate::error::{Error, Result};
 use crate::format::{
@@ -75,8 +75,13 @@ pub struct RecoveryReport {
     pub truncated: Option<Truncation>,
     /// Segments renamed to `*.wal.quarantine` by [`RecoveryMode::Salvage`].
     pub quarantined: Vec<PathBuf>,
-    /// Leftover temporary files of an interrupted segment creation, deleted.
+    /// Leftover temporary files of an interrupted segment creation, and the pending
+    /// successor (`NNNN.wal.next`) of a roll-over whose predecessor's seal never reached the
+    /// disk: deleted.
     pub removed_temp_files: Vec<PathBuf>,
+    /// The pending successor of a roll-over that was still in flight (`NNNN.wal.next`), which
+    /// recovery renamed into place because its predecessor ends with a valid seal.
+    pub adopted_successor: Option<SegmentId>,
     /// The checkpoint the store recovered from (its sequence number), if any: records
     /// before its position were not replayed.
     pub checkpoint: Option<u64>,
@@ -115,7 +120,35 @@ pub(super) fn recover(
     visit: &mut dyn FnMut(RecoveredRecord<'_>) -> Result<()>,
 ) -> Result<Recovered> {
     let mut report = RecoveryReport::default();
-    let ids = list_segments(vfs, dir, &mut report)?;
+    let (mut ids, mut pending) = list_segments(vfs, dir, &mut report)?;
+    // A pending successor can only follow the last segment (`docs/format.md`, "Segment
+    // lifecycle"); it is scanned after it if that one ends with a valid seal.
+    if let Some(id) = pending.filter(|id| ids.binary_search(id).is_ok()) {
+        // Published already: a crash between the rename and the directory sync may leave
+        // both names linked to the one file (`Segment::publish`). Drop the old name.
+        let path = pending_path(&dir.join(crate::format::segment_file_name(id.0)));
+        vfs.remove(&path)
+            .map_err(|e| Error::io("remove pending segment", &path, e))?;
+        report.removed_temp_files.push(path);
+        pending = None;
+    }
+    if let Some(pending) = pending {
+        if ids
+            .last()
+            .is_none_or(|last| last.0.checked_add(1) != Some(pending.0))
+        {
+            let name = format!(
+                "{}{PENDING_SUFFIX}",
+                crate::format::segment_file_name(pending.0)
+            );
+            return Err(Error::ForeignFile {
+                path: dir.join(name),
+            });
+        }
+        ids.push(pending);
+    }
+    // The pending successor while it still has its pending name.
+    let mut unadopted = pending;
     if let Some(start) = start {
         if !ids.contains(&start.segment) {
             return Err(Error::corruption(
@@ -135,8 +168,18 @@ pub(super) fn recover(
     // The id of the segment to create if the log ends on a seal: the one the seal names.
     let mut next_id = SegmentId(0);
     for (i, &id) in ids.iter().enumerate() {
-        let is_last = i + 1 == ids.len();
+        // A segment followed only by a pending successor was never synced whole: its tail
+        // is judged as the last segment's is.
+        let before_pending = pending.is_some() && i + 2 == ids.len();
+        let is_last = i + 1 == ids.len() || before_pending;
         let path = dir.join(crate::format::segment_file_name(id.0));
+        if pending == Some(id) {
+            // Reached only behind a valid seal that names it: adopt it.
+            vfs.rename(&pending_path(&path), &path)
+                .map_err(|e| Error::io("rename pending segment", &path, e))?;
+            report.adopted_successor = Some(id);
+            unadopted = None;
+        }
         let file = vfs
             .open(&path, true)
             .map_err(|e| Error::io("open segment", &path, e))?;
@@ -160,7 +203,9 @@ pub(super) fn recover(
                     // Set this segment and every later one aside; the log ends before it.
                     drop(view);
                     for &later in ids.get(i..).unwrap_or_default() {
-                        report.quarantined.push(quarantine(vfs, dir, later)?);
+                        report
+                            .quarantined
+                            .push(quarantine(vfs, dir, later, unadopted)?);
                         if i == 0 {
                             // No sealed predecessor names a successor: start after them all.
                             next_id = SegmentId(later.0 + 1);
@@ -257,7 +302,9 @@ pub(super) fn recover(
                             return Err(Error::corruption(id, seal, why));
                         }
                         for &later in ids.get(i + 1..).unwrap_or_default() {
-                            report.quarantined.push(quarantine(vfs, dir, later)?);
+                            report
+                                .quarantined
+                                .push(quarantine(vfs, dir, later, unadopted)?);
                         }
                         report.truncated = Some(Truncation {
                             segment: id,
@@ -281,11 +328,24 @@ pub(super) fn recover(
                     .map(|_| id);
                 segments.insert(id, segment(cut));
                 last_sealed = false;
+                if before_pending {
+                    // Its seal never reached the disk, so neither did anything confirmed in
+                    // the successor: the roll-over never happened.
+                    let successor = pending_path(
+                        &dir.join(crate::format::segment_file_name(id.0.saturating_add(1))),
+                    );
+                    vfs.remove(&successor)
+                        .map_err(|e| Error::io("remove pending segment", &successor, e))?;
+                    report.removed_temp_files.push(successor);
+                    break;
+                }
                 if !is_last {
                     // Only salvage continues past a damaged or unsealed segment that has
                     // successors: set them aside and make this one the last.
                     for &later in ids.get(i + 1..).unwrap_or_default() {
-                        report.quarantined.push(quarantine(vfs, dir, later)?);
+                        report
+                            .quarantined
+                            .push(quarantine(vfs, dir, later, unadopted)?);
                     }
                     break;
                 }
@@ -346,12 +406,19 @@ pub(super) fn recover(
     })
 }
 
-/// Lists the segment ids in `dir`, deletes leftover temporary files and refuses foreign ones.
-fn list_segments(vfs: &dyn Vfs, dir: &Path, report: &mut RecoveryReport) -> Result<Vec<SegmentId>> {
+/// Lists the segment ids in `dir` and the id of a pending successor, if there is one;
+/// deletes leftover temporary files and refuses foreign ones (a second pending successor
+/// among them).
+fn list_segments(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    report: &mut RecoveryReport,
+) -> Result<(Vec<SegmentId>, Option<SegmentId>)> {
     let names = vfs
         .list(dir)
         .map_err(|e| Error::io("list directory", dir, e))?;
     let mut ids = Vec::new();
+    let mut pending = None;
     for name in names {
         let checkpoint = |n: &str| parse_checkpoint_file_name(n).is_some();
         if name == LOCK_FILE
@@ -373,6 +440,12 @@ fn list_segments(vfs: &dyn Vfs, dir: &Path, report: &mut RecoveryReport) -> Resu
         }
         if let Some(id) = parse_segment_file_name(&name) {
             ids.push(SegmentId(id));
+        } else if let Some(id) = name
+            .strip_suffix(PENDING_SUFFIX)
+            .and_then(parse_segment_file_name)
+            .filter(|_| pending.is_none())
+        {
+            pending = Some(SegmentId(id));
         } else if name
             .strip_suffix(TEMP_SUFFIX)
             .and_then(parse_segment_file_name)
@@ -389,7 +462,7 @@ fn list_segments(vfs: &dyn Vfs, dir: &Path, report: &mut RecoveryReport) -> Resu
         }
     }
     ids.sort_unstable();
-    Ok(ids)
+    Ok((ids, pending))
 }
 
 /// Reads the clean-close marker, if the last close left one.
@@ -747,8 +820,18 @@ fn cut_file(file: &dyn VfsFile, path: &Path, cut: u64, opts: &LogOptions) -> Res
         .map_err(|e| Error::io("fdatasync", path, e))
 }
 
-fn quarantine(vfs: &dyn Vfs, dir: &Path, id: SegmentId) -> Result<PathBuf> {
-    let from = dir.join(crate::format::segment_file_name(id.0));
+/// Renames segment `id` (under its pending name if it is the `pending` successor) to a
+/// quarantine name that no earlier salvage used.
+fn quarantine(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    id: SegmentId,
+    pending: Option<SegmentId>,
+) -> Result<PathBuf> {
+    let mut from = dir.join(crate::format::segment_file_name(id.0));
+    if pending == Some(id) {
+        from = pending_path(&from);
+    }
     let existing = vfs
         .list(dir)
         .map_err(|e| Error::io("list directory", dir, e))?;

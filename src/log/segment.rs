@@ -15,6 +15,11 @@ use crate::io::{write_all_at, Vfs, VfsFile};
 /// Suffix of a segment being created; such files are deleted on open.
 pub(crate) const TEMP_SUFFIX: &str = ".tmp";
 
+/// Suffix of a *pending successor*: a segment created by a roll-over whose predecessor is
+/// not yet known durable (`docs/format.md`, "Segment lifecycle"). It is renamed to its
+/// segment name once the predecessor is synced.
+pub(crate) const PENDING_SUFFIX: &str = ".next";
+
 /// An open segment.
 #[derive(Debug)]
 pub(crate) struct Segment {
@@ -46,8 +51,50 @@ impl Segment {
         size: u64,
         preallocate: bool,
     ) -> Result<Segment> {
+        let segment = Segment::create_as(vfs, dir, id, size, preallocate, "")?;
+        vfs.sync_dir(dir)
+            .map_err(|e| Error::io("fsync directory", dir, e))?;
+        Ok(segment)
+    }
+
+    /// Creates segment `id` as a pending successor: like [`Segment::create`], but renamed to
+    /// its name plus [`PENDING_SUFFIX`], and without the directory sync. Records may be
+    /// written to it at once; none of them counts as durable before [`Segment::publish`].
+    /// A file under that name always has a complete, durable header (it was synced before
+    /// the rename), so recovery can adopt it.
+    pub(crate) fn create_pending(
+        vfs: &dyn Vfs,
+        dir: &Path,
+        id: SegmentId,
+        size: u64,
+        preallocate: bool,
+    ) -> Result<Segment> {
+        Segment::create_as(vfs, dir, id, size, preallocate, PENDING_SUFFIX)
+    }
+
+    /// Publishes a pending successor once its predecessor is durable: renames it to its
+    /// segment name and syncs the directory.
+    pub(crate) fn publish(&self, vfs: &dyn Vfs, dir: &Path) -> Result<()> {
+        let pending = pending_path(&self.path);
+        vfs.rename(&pending, &self.path)
+            .map_err(|e| Error::io("rename pending segment", &pending, e))?;
+        vfs.sync_dir(dir)
+            .map_err(|e| Error::io("fsync directory", dir, e))
+    }
+
+    /// Writes and syncs the header of segment `id` under a temporary name, then renames the
+    /// file to the segment's name plus `suffix`. `path` is the segment's name in any case.
+    fn create_as(
+        vfs: &dyn Vfs,
+        dir: &Path,
+        id: SegmentId,
+        size: u64,
+        preallocate: bool,
+        suffix: &str,
+    ) -> Result<Segment> {
         let path = dir.join(segment_file_name(id.0));
         let tmp = dir.join(format!("{}{TEMP_SUFFIX}", segment_file_name(id.0)));
+        let target = dir.join(format!("{}{suffix}", segment_file_name(id.0)));
         let header = SegmentHeader {
             segment_id: id.0,
             salt: new_salt(id.0),
@@ -64,10 +111,8 @@ impl Segment {
         }
         file.sync_data()
             .map_err(|e| Error::io("fdatasync new segment", &tmp, e))?;
-        vfs.rename(&tmp, &path)
+        vfs.rename(&tmp, &target)
             .map_err(|e| Error::io("rename new segment", &tmp, e))?;
-        vfs.sync_dir(dir)
-            .map_err(|e| Error::io("fsync directory", dir, e))?;
         Ok(Segment {
             id,
             salt: header.salt,
@@ -76,6 +121,13 @@ impl Segment {
             data_end: AtomicU64::new(SEGMENT_HEADER_LEN as u64),
         })
     }
+}
+
+/// The pending name (see [`PENDING_SUFFIX`]) of the segment file at `path`.
+pub(crate) fn pending_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(PENDING_SUFFIX);
+    PathBuf::from(name)
 }
 
 /// A salt that differs between segments, processes and runs. It needs to be unpredictable

@@ -10,6 +10,13 @@
 //! - [`RECHECK`]: it must take the lock and look again, because the log was poisoned, or
 //!   because no `fdatasync` is running and it was *called to lead* the next one.
 //!
+//! # Group sizes
+//! [`Parked`] also counts how many distinct threads the last two rounds covered
+//! ([`Parked::active`]): the appenders that are publishing right now. A leader may wait for
+//! that many to be parked before it syncs (`writer.rs`, the commit delay). Counting two
+//! rounds matters: with cohorts that alternate (half the appenders write while the other
+//! half's sync runs), one round covers only half of them.
+//!
 //! # Invariants (all kept under the writer lock)
 //! - An entry is in [`Parked`] only while its thread waits, and is removed when it is told.
 //! - Whenever the lock is released with entries parked and no `fdatasync` running, one
@@ -17,7 +24,7 @@
 //!   called thread leads a round even if a roll-over already made its own records durable.
 //!   So no entry waits for a sync that nobody will run.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::{self, Thread};
 
@@ -35,6 +42,9 @@ pub(super) const RECHECK: u8 = 2;
 pub(super) struct Waiter {
     status: AtomicU8,
     thread: Thread,
+    /// The last round that covered this thread ([`Parked`]'s round counter). Read and
+    /// written only under the writer lock.
+    served: AtomicU64,
 }
 
 impl Waiter {
@@ -66,6 +76,7 @@ thread_local! {
     static WAITER: Arc<Waiter> = Arc::new(Waiter {
         status: AtomicU8::new(WAITING),
         thread: thread::current(),
+        served: AtomicU64::new(0),
     });
 }
 
@@ -75,6 +86,62 @@ pub(super) struct Parked {
     entries: Vec<(Position, Arc<Waiter>)>,
     /// A thread has been called to lead the next round and has not taken the lock yet.
     leader_called: bool,
+    groups: Groups,
+}
+
+/// Counts the threads that sync rounds cover (see "Group sizes" in the module docs).
+///
+/// An estimate: a thread that appends to two logs carries one `served` stamp for both and
+/// may be miscounted, which costs at most one bounded commit delay per round.
+#[derive(Debug)]
+struct Groups {
+    /// Numbers the rounds. Starts at 2, so that a thread never covered (`served` = 0) does
+    /// not look covered by the previous round.
+    round: u64,
+    /// Threads the current round has covered so far.
+    covered: usize,
+    /// Those of them that the previous round had not covered.
+    fresh: usize,
+    /// Threads the previous round covered.
+    last_covered: usize,
+    /// Distinct threads the last two rounds covered.
+    active: usize,
+}
+
+impl Default for Groups {
+    fn default() -> Self {
+        Groups {
+            round: 2,
+            covered: 0,
+            fresh: 0,
+            last_covered: 0,
+            active: 0,
+        }
+    }
+}
+
+impl Groups {
+    /// Counts `waiter` as covered by the current round (once).
+    fn cover(&mut self, waiter: &Waiter) {
+        let served = waiter.served.load(Ordering::Relaxed);
+        if served == self.round {
+            return;
+        }
+        if served != self.round.wrapping_sub(1) {
+            self.fresh += 1;
+        }
+        self.covered += 1;
+        waiter.served.store(self.round, Ordering::Relaxed);
+    }
+
+    fn end_round(&mut self) {
+        // The union of the two rounds: all of the previous one plus the fresh ones.
+        self.active = self.last_covered + self.fresh;
+        self.last_covered = self.covered;
+        self.covered = 0;
+        self.fresh = 0;
+        self.round = self.round.wrapping_add(1);
+    }
 }
 
 impl Parked {
@@ -98,6 +165,27 @@ impl Parked {
         !self.entries.is_empty()
     }
 
+    /// How many threads are parked.
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// How many distinct threads the last two rounds covered: about the number of threads
+    /// appending now (see the module docs). 0 before the first round.
+    pub(super) fn active(&self) -> usize {
+        self.groups.active
+    }
+
+    /// Ends a sync round, after its [`settle`](Self::settle). `leader_covered`: the round
+    /// made the calling thread's (its leader's) own records durable, so the leader counts as
+    /// one of the threads it covered.
+    pub(super) fn end_round(&mut self, leader_covered: bool) {
+        if leader_covered {
+            WAITER.with(|waiter| self.groups.cover(waiter));
+        }
+        self.groups.end_round();
+    }
+
     /// Tells every entry what the writer state now means for it, moving the told ones to
     /// `wake`: [`DONE`] if `durable` covers its target; otherwise [`RECHECK`] for all of them
     /// if the log is `poisoned`, or for the first one, to lead, if no sync is `running` and
@@ -109,14 +197,18 @@ impl Parked {
         running: bool,
         wake: &mut Vec<Arc<Waiter>>,
     ) {
+        let groups = &mut self.groups;
         self.entries.retain(|(target, waiter)| {
-            if *target <= durable || poisoned {
-                waiter.tell(if *target <= durable { DONE } else { RECHECK });
-                wake.push(Arc::clone(waiter));
-                false
+            if *target <= durable {
+                waiter.tell(DONE);
+                groups.cover(waiter);
+            } else if poisoned {
+                waiter.tell(RECHECK);
             } else {
-                true
+                return true;
             }
+            wake.push(Arc::clone(waiter));
+            false
         });
         if !poisoned && !running && !self.leader_called && !self.entries.is_empty() {
             let (_, waiter) = self.entries.remove(0);

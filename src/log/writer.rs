@@ -11,13 +11,23 @@
 //! which covers the rest. So N concurrent appenders cost about two `fdatasync`s, not N, and
 //! each wakes once.
 //!
+//! # Commit delay
+//! Left alone, steady appenders split into two cohorts: those a round wakes write again
+//! while the next round (for the others) syncs, so each `fdatasync` covers about half of
+//! them. So before a round, a leader waits, with the lock released, until as many threads
+//! are parked as were appending lately (`waiters.rs`, "Group sizes"), but never longer than
+//! half the last `fdatasync` took (and at most [`MAX_COMMIT_DELAY`]): the one who parks
+//! last wakes it. A lone appender never waits (nobody else is counted), and when appenders
+//! stop coming the count falls back within two rounds.
+//!
 //! # Poisoning
 //! If a write or an `fdatasync` fails, the writer records the failure and refuses every later
 //! write and every wait that is not already satisfied. A failed `fdatasync` is never retried:
 //! Linux may have dropped the dirty pages and a second call would report success.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
 
 use super::segment::TEMP_SUFFIX;
 use super::waiters::{Parked, Waiter, DONE};
@@ -36,6 +46,9 @@ use crate::options::{FsyncPolicy, SEAL_RESERVE};
 /// that parked behind it.
 const ROUNDS_PER_LEADER: u32 = 2;
 
+/// The longest a leader waits for its group to park before it syncs (see "Commit delay").
+const MAX_COMMIT_DELAY: Duration = Duration::from_millis(2);
+
 #[derive(Debug)]
 pub(crate) struct WriterState {
     pub(super) active: Arc<Segment>,
@@ -47,11 +60,20 @@ pub(crate) struct WriterState {
     sync_in_progress: bool,
     /// Appenders parked until a sync covers their records.
     parked: Parked,
+    /// A leader delaying its round until this many appenders are parked (`gather`).
+    gathering: Option<(usize, Thread)>,
+    /// How long the last round's `fdatasync` took.
+    last_sync: Duration,
     /// Threads blocked on `Shared::synced` right now. Changed only under the writer lock,
     /// held by every waiter from checking its condition until `wait` releases it and by
     /// every waker while it changes what waiters wait for: a wake that finds none is
     /// skipped (`Shared::wake_synced`) without losing a wake-up.
     sync_waiters: u32,
+    /// A roll-over in flight (see [`Shared::roll`]): the sealed segment, not yet known
+    /// durable, and its successor (the active segment), not yet published.
+    sealing: Option<(Arc<Segment>, Arc<Segment>)>,
+    /// A thread is running [`Shared::publish_pending`]'s I/O for `sealing`.
+    publishing: bool,
     /// Set by the first I/O failure; never cleared.
     poisoned: Option<String>,
     closed: bool,
@@ -76,7 +98,11 @@ impl WriterState {
             write_offset,
             sync_in_progress: false,
             parked: Parked::default(),
+            gathering: None,
+            last_sync: Duration::ZERO,
             sync_waiters: 0,
+            sealing: None,
+            publishing: false,
             poisoned: None,
             closed: false,
             shutdown: false,
@@ -96,6 +122,19 @@ impl WriterState {
 
     pub(super) fn is_dirty(&self) -> bool {
         self.durable < self.end()
+    }
+
+    /// Whether a roll-over's successor waits to be published.
+    pub(super) fn roll_pending(&self) -> bool {
+        self.sealing.is_some() && !self.publishing
+    }
+
+    /// The segments below this id are sealed, durable and followed by a published
+    /// successor: the only ones that may be deleted or trimmed.
+    fn settled_below(&self) -> SegmentId {
+        self.sealing
+            .as_ref()
+            .map_or(self.active.id, |(sealed, _)| sealed.id)
     }
 
     pub(super) fn check_writable(&self) -> Result<()> {
@@ -200,6 +239,9 @@ impl Shared {
         let mut w = self.lock_writer();
         w.check_writable()?;
         if w.write_offset + total + SEAL_RESERVE > self.opts.segment_size {
+            let (guard, published) = self.publish_pending(w);
+            w = guard;
+            published?;
             self.roll(&mut w)?;
         }
         let segment = Arc::clone(&w.active);
@@ -265,15 +307,30 @@ impl Shared {
         if w.write_offset.saturating_sub(SEGMENT_HEADER_LEN as u64) <= min_data {
             return Ok(false);
         }
+        let (guard, published) = self.publish_pending(w);
+        w = guard;
+        published?;
         self.roll(&mut w)?;
         Ok(true)
     }
 
-    /// Seals the active segment and opens the next one. Called with the writer lock held.
+    /// Seals the active segment and opens the next one. Called with the writer lock held and
+    /// no roll-over in flight (see [`Shared::publish_pending`]).
     ///
-    /// Order, each step complete before the next: write the seal record, `fdatasync` the old
-    /// segment, create the new one (see [`Segment::create`]). So a segment that has a
-    /// successor is always sealed and durable.
+    /// Under [`FsyncPolicy::Always`], where every append waits for durability anyway, each
+    /// step completes before the next: write the seal record, `fdatasync` the old segment,
+    /// create the new one (see [`Segment::create`]).
+    ///
+    /// Under the other policies, the old segment holds up to a whole segment of unsynced
+    /// records, and its `fdatasync` (tens of milliseconds) would stall this append. So: write
+    /// the seal record, create the new segment as a *pending successor*
+    /// ([`Segment::create_pending`]), append to it at once, and leave the rest to
+    /// [`Shared::publish_pending`], which the background thread (`flusher.rs`) runs: sync the
+    /// old segment, then publish the new one. Until then the durable position stays in the
+    /// old segment, so no wait for a record in the new one returns, and recovery adopts a
+    /// pending successor only behind a valid seal (`docs/format.md`, "Segment lifecycle").
+    ///
+    /// Either way, a segment with a published successor is sealed and durable.
     fn roll(&self, w: &mut WriterState) -> Result<()> {
         let old = Arc::clone(&w.active);
         let next_id = SegmentId(old.id.0 + 1);
@@ -291,12 +348,17 @@ impl Shared {
             header,
             &[&seal],
         );
+        let waits = matches!(self.opts.fsync, FsyncPolicy::Always);
         let result = write_all_at(old.file.as_ref(), &frame, w.write_offset)
             .map_err(|e| Error::io("write seal record", &old.path, e))
             .and_then(|()| {
-                old.file
-                    .sync_data()
-                    .map_err(|e| Error::io("fdatasync", &old.path, e))
+                if waits {
+                    old.file
+                        .sync_data()
+                        .map_err(|e| Error::io("fdatasync", &old.path, e))
+                } else {
+                    Ok(())
+                }
             });
         if let Err(err) = result {
             w.poison(&err);
@@ -306,18 +368,24 @@ impl Shared {
         old.file.finish_writes();
         w.write_offset += frame.len() as u64;
         old.set_data_end(w.write_offset);
-        w.durable = w.end();
-        w.unsynced_records = 0;
-        w.first_unsynced_at = None;
-        self.wake_synced(w);
+        if waits {
+            w.durable = w.end();
+            w.unsynced_records = 0;
+            w.first_unsynced_at = None;
+            self.wake_synced(w);
+        }
 
-        let new = match Segment::create(
+        let (vfs, size, preallocate) = (
             self.vfs.as_ref(),
-            &self.dir,
-            next_id,
             self.opts.segment_size,
             self.opts.preallocate,
-        ) {
+        );
+        let created = if waits {
+            Segment::create(vfs, &self.dir, next_id, size, preallocate)
+        } else {
+            Segment::create_pending(vfs, &self.dir, next_id, size, preallocate)
+        };
+        let new = match created {
             Ok(segment) => Arc::new(segment),
             Err(err) => {
                 w.poison(&err);
@@ -330,12 +398,71 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(new.id, Arc::clone(&new));
         w.write_offset = new.data_end();
-        w.durable = Position {
-            segment: new.id,
-            offset: w.write_offset,
-        };
+        if waits {
+            w.durable = Position {
+                segment: new.id,
+                offset: w.write_offset,
+            };
+        } else {
+            w.sealing = Some((old, Arc::clone(&new)));
+            self.flusher_wake.notify_one();
+        }
         w.active = new;
         Ok(())
+    }
+
+    /// Finishes the roll-over in flight, if any (see [`Shared::roll`]): syncs the sealed
+    /// segment, then publishes its successor ([`Segment::publish`]) and moves the durable
+    /// position to the successor's first record. If another thread is already doing so,
+    /// waits for it instead. Returns, with the lock, once no roll-over is in flight, or the
+    /// error that poisoned the log.
+    pub(super) fn publish_pending<'a>(
+        &'a self,
+        mut w: std::sync::MutexGuard<'a, WriterState>,
+    ) -> (std::sync::MutexGuard<'a, WriterState>, Result<()>) {
+        loop {
+            if let Err(err) = w.check_writable() {
+                return (w, Err(err));
+            }
+            let Some((sealed, successor)) = w.sealing.clone() else {
+                return (w, Ok(()));
+            };
+            if w.publishing {
+                w = self.wait_synced(w);
+                continue;
+            }
+            w.publishing = true;
+            drop(w);
+            let result = sealed
+                .file
+                .sync_data()
+                .map_err(|e| Error::io("fdatasync", &sealed.path, e))
+                .and_then(|()| successor.publish(self.vfs.as_ref(), &self.dir));
+            w = self.lock_writer();
+            w.publishing = false;
+            w.sealing = None;
+            match result {
+                Ok(()) => {
+                    let published = Position {
+                        segment: successor.id,
+                        offset: SEGMENT_HEADER_LEN as u64,
+                    };
+                    if w.durable < published {
+                        w.durable = published;
+                    }
+                    if !w.is_dirty() {
+                        w.unsynced_records = 0;
+                        w.first_unsynced_at = None;
+                    }
+                    self.wake_synced(&mut w);
+                }
+                Err(err) => {
+                    w.poison(&err);
+                    self.wake_synced(&mut w);
+                    return (w, Err(err));
+                }
+            }
+        }
     }
 
     /// Blocks until the log is durable up to `target`, leading an `fdatasync` if none is in
@@ -369,7 +496,14 @@ impl Shared {
             }
             if w.sync_in_progress {
                 let waiter = w.parked.register(target);
+                let gathered = match &w.gathering {
+                    Some((want, _)) if w.parked.len() >= *want => w.gathering.take(),
+                    _ => None,
+                };
                 drop(w);
+                if let Some((_, leader)) = gathered {
+                    leader.unpark();
+                }
                 if waiter.wait() == DONE {
                     return Ok(());
                 }
@@ -396,12 +530,24 @@ impl Shared {
         w.parked.call_answered();
         let mut rounds = 0;
         loop {
+            w = self.gather(w);
+            // Records in a pending successor become durable only once it is published.
+            w = self.publish_pending(w).0;
+            if w.poisoned.is_some() {
+                // Nobody syncs a poisoned log; every waiter learns of it from the settle.
+                w.sync_in_progress = false;
+                self.wake_synced(&mut w);
+                return self.wait_durable_locked(w, target);
+            }
             let segment = Arc::clone(&w.active);
             let to = w.end();
+            let own_pending = w.durable < target;
             w.unsynced_records = 0;
             w.first_unsynced_at = None;
             drop(w);
+            let started = Instant::now();
             let result = segment.file.sync_data();
+            let took = started.elapsed();
             w = self.lock_writer();
             if let Err(e) = result {
                 w.sync_in_progress = false;
@@ -411,6 +557,7 @@ impl Shared {
                 return Err(err);
             }
             rounds += 1;
+            w.last_sync = took;
             if to > w.durable {
                 w.durable = to;
             }
@@ -421,6 +568,7 @@ impl Shared {
             w.sync_in_progress = again;
             // Wake the parked outside the lock, so that none wakes into a held lock.
             let wake = self.settle_parked(&mut w);
+            w.parked.end_round(own_pending && to >= target);
             drop(w);
             for waiter in &wake {
                 waiter.unpark();
@@ -436,11 +584,43 @@ impl Shared {
         }
     }
 
+    /// The commit delay (see the module docs): returns once as many appenders are parked as
+    /// were appending lately, less the leader itself, or once the delay bound has passed.
+    /// Called by a leader with the writer lock held and `sync_in_progress` set, so that
+    /// appenders park meanwhile.
+    fn gather<'a>(
+        &'a self,
+        mut w: std::sync::MutexGuard<'a, WriterState>,
+    ) -> std::sync::MutexGuard<'a, WriterState> {
+        let want = w.parked.active().saturating_sub(1);
+        if w.parked.len() >= want {
+            return w;
+        }
+        let deadline = Instant::now() + (w.last_sync / 2).min(MAX_COMMIT_DELAY);
+        w.gathering = Some((want, thread::current()));
+        loop {
+            drop(w);
+            // May return early (an `unpark` meant for an earlier wait): the loop rechecks.
+            thread::park_timeout(deadline.saturating_duration_since(Instant::now()));
+            w = self.lock_writer();
+            if w.gathering.is_none() || w.poisoned.is_some() || Instant::now() >= deadline {
+                w.gathering = None;
+                return w;
+            }
+        }
+    }
+
     pub(super) fn truncate_from(&self, pos: Position) -> Result<()> {
         let mut w = self.lock_writer();
         w.check_writable()?;
-        while w.sync_in_progress {
-            w = self.wait_synced(w);
+        while w.sync_in_progress || w.sealing.is_some() {
+            if w.sync_in_progress {
+                w = self.wait_synced(w);
+            } else {
+                let (guard, published) = self.publish_pending(w);
+                w = guard;
+                published?;
+            }
         }
         let target = self.segment(pos.segment).ok_or_else(|| {
             Error::corruption(
@@ -540,18 +720,18 @@ impl Shared {
     }
 
     pub(super) fn purge_before(&self, before: SegmentId) -> Result<usize> {
-        self.remove_sealed_where(|segments, active| {
+        self.remove_sealed_where(|segments, settled| {
             segments
-                .range(..before.min(active))
+                .range(..before.min(settled))
                 .map(|(_, s)| Arc::clone(s))
                 .collect()
         })
     }
 
     pub(super) fn remove_sealed(&self, ids: &[SegmentId]) -> Result<usize> {
-        self.remove_sealed_where(|segments, active| {
+        self.remove_sealed_where(|segments, settled| {
             ids.iter()
-                .filter(|&&id| id < active)
+                .filter(|&&id| id < settled)
                 .filter_map(|id| segments.get(id).cloned())
                 .collect()
         })
@@ -566,16 +746,16 @@ impl Shared {
     /// it). A failure leaves that file at one of the two lengths and is returned without
     /// poisoning the log: no record was touched.
     pub(super) fn trim_sealed(&self) -> Result<u64> {
-        let active = {
+        let settled = {
             let w = self.lock_writer();
             w.check_writable()?;
-            w.active.id
+            w.settled_below()
         };
         let sealed: Vec<Arc<Segment>> = self
             .segments
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .range(..active)
+            .range(..settled)
             .map(|(_, s)| Arc::clone(s))
             .collect();
         let mut released = 0;
@@ -596,8 +776,9 @@ impl Shared {
         Ok(released)
     }
 
-    /// Deletes the segments `pick` chooses from the segment map (given the active segment's
-    /// id), then syncs the directory. On an I/O error the log is poisoned: which removals
+    /// Deletes the segments `pick` chooses from the segment map (given the id below which
+    /// segments are settled: sealed, durable and followed by a published successor), then
+    /// syncs the directory. On an I/O error the log is poisoned: which removals
     /// are durable is unknown then, as after a failed fsync.
     fn remove_sealed_where(
         &self,
@@ -608,14 +789,14 @@ impl Shared {
     ) -> Result<usize> {
         let w = self.lock_writer();
         w.check_writable()?;
-        let active = w.active.id;
+        let settled = w.settled_below();
         drop(w);
         let doomed = {
             let segments = self
                 .segments
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            pick(&segments, active)
+            pick(&segments, settled)
         };
         if let Err(err) = self.remove_segments(&doomed) {
             let mut w = self.lock_writer();

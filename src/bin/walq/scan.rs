@@ -19,6 +19,7 @@ use walq::MAX_SEGMENT_SIZE;
 pub const LOCK_FILE: &str = "LOCK";
 const CLOSED_FILE: &str = "CLOSED";
 const TEMP_SUFFIX: &str = ".tmp";
+const PENDING_SUFFIX: &str = ".next";
 const QUARANTINE: &str = ".quarantine";
 
 /// The files of a store directory, sorted out.
@@ -30,6 +31,8 @@ pub struct Listing {
     pub closed: Result<Option<ClosedMarker>, String>,
     /// Leftovers of an interrupted segment creation or close (the next open deletes them).
     pub temp_files: Vec<PathBuf>,
+    /// Pending successors (`NNNN.wal.next`) of a roll-over still in flight at a crash.
+    pub pending: Vec<PathBuf>,
     /// Segments set aside by a salvage.
     pub quarantined: Vec<PathBuf>,
     /// Files walq did not create (the library refuses to open the store).
@@ -55,6 +58,7 @@ impl Default for Listing {
             segments: Vec::new(),
             closed: Ok(None),
             temp_files: Vec::new(),
+            pending: Vec::new(),
             quarantined: Vec::new(),
             foreign: Vec::new(),
             checkpoints: Vec::new(),
@@ -94,6 +98,12 @@ pub fn list(dir: &Path) -> io::Result<Listing> {
                 .is_some()
         {
             listing.temp_files.push(path);
+        } else if name
+            .strip_suffix(PENDING_SUFFIX)
+            .and_then(parse_segment_file_name)
+            .is_some()
+        {
+            listing.pending.push(path);
         } else {
             listing.foreign.push(path);
         }
@@ -520,6 +530,18 @@ pub fn walk(
             None,
             Some(path),
             "left over by an interrupted segment creation or close; the next open deletes it"
+                .into(),
+        ));
+    }
+    for path in &listing.pending {
+        walk.issues.push(issue(
+            Severity::Warning,
+            None,
+            None,
+            Some(path),
+            "the successor of a roll-over that a crash interrupted, not scanned here: the next \
+             open adopts it if the segment before it ends with a valid seal, and deletes it \
+             otherwise"
                 .into(),
         ));
     }
