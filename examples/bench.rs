@@ -1081,8 +1081,8 @@ fn print_report(rounds: &[Vec<Sample>], rss: &Rss, plan: &Plan, quick: bool) {
         if quick { "quick" } else { "full" },
         plan.rounds
     );
-    println!("| workload | ops/s | messages/s | MB/s | p50 | p99 | p99.9 |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("| workload | ops/s | messages/s | MB/s | p50 | p99 | p99.9 | max |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for (row, name) in ROWS.iter().enumerate() {
         let mut of_row: Vec<&Sample> = rounds.iter().map(|r| &r[row]).collect();
         of_row.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
@@ -1097,22 +1097,28 @@ fn print_report(rounds: &[Vec<Sample>], rss: &Rss, plan: &Plan, quick: bool) {
         } else {
             "-".into()
         };
-        let (p50, p99, p999) = if s.latencies.len() > 1 {
+        let (p50, p99, p999, max) = if s.latencies.len() > 1 {
             (
                 fmt_latency(s.percentile(0.50)),
                 fmt_latency(s.percentile(0.99)),
                 fmt_latency(s.percentile(0.999)),
+                fmt_latency(s.percentile(1.0)),
             )
         } else {
-            (fmt_latency(s.percentile(0.5)), "-".into(), "-".into())
+            (
+                fmt_latency(s.percentile(0.5)),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            )
         };
         println!(
-            "| {name} | {ops} | {messages} | {:.1} | {p50} | {p99} | {p999} |",
+            "| {name} | {ops} | {messages} | {:.1} | {p50} | {p99} | {p999} | {max} |",
             s.mb_per_s()
         );
     }
     println!(
-        "| resident memory, {} × 100 B queued, Never | - | - | - | VmRSS +{:.1} B/msg | RssAnon +{:.1} B/msg | - |",
+        "| resident memory, {} × 100 B queued, Never | - | - | - | VmRSS +{:.1} B/msg | RssAnon +{:.1} B/msg | - | - |",
         fmt_rate(rss.messages as f64),
         rss.per_message(),
         rss.anon_per_message()

@@ -245,6 +245,47 @@ fn verify_reports_a_torn_tail_as_a_warning_with_exit_code_3() {
 }
 
 #[test]
+fn verify_warns_of_a_pending_successor_and_open_adopts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    sample_store(dir.path());
+    // What a crash while a roll-over is in flight leaves: the last segment, sealed, and its
+    // successor under its pending name.
+    let last = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| {
+            walq::format::parse_segment_file_name(&e.unwrap().file_name().to_string_lossy())
+        })
+        .max()
+        .unwrap();
+    let ready = open(dir.path()).stats().ready;
+    let store = open(dir.path());
+    store.compact().unwrap(); // seals the active segment and starts the next one
+    store.close().unwrap();
+    let successor = seg_path(dir.path(), last + 1);
+    assert!(successor.exists(), "compaction rolled over");
+    let pending = PathBuf::from(format!("{}.next", successor.display()));
+    std::fs::rename(&successor, &pending).unwrap();
+    std::fs::remove_file(dir.path().join("CLOSED")).unwrap();
+    // Like a leftover temporary file: worth a warning, not a failure.
+    walq()
+        .arg("verify")
+        .arg(dir.path())
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!(
+            "warning: {}: the successor of a roll-over that a crash interrupted",
+            pending.display()
+        )));
+    let store = open(dir.path());
+    assert_eq!(
+        store.recovery_report().adopted_successor,
+        Some(walq::SegmentId(last + 1))
+    );
+    assert_eq!(store.stats().ready, ready);
+    assert!(successor.exists() && !pending.exists());
+}
+
+#[test]
 fn dump_json_lines_have_the_records_in_log_order() {
     let dir = tempfile::tempdir().unwrap();
     {

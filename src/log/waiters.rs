@@ -291,4 +291,37 @@ mod tests {
         let told = scenario(3, |parked| settle(parked, 150, true, false));
         assert_eq!(told, [DONE, RECHECK, RECHECK]);
     }
+
+    #[test]
+    fn active_counts_the_distinct_threads_of_the_last_two_rounds() {
+        let waiters: Vec<Waiter> = (0..3)
+            .map(|_| Waiter {
+                status: AtomicU8::new(WAITING),
+                thread: thread::current(),
+                served: AtomicU64::new(0),
+            })
+            .collect();
+        let (a, b, c) = (&waiters[0], &waiters[1], &waiters[2]);
+        let mut groups = Groups::default();
+        let mut round = |covered: &[&Waiter]| {
+            for waiter in covered {
+                groups.cover(waiter);
+                groups.cover(waiter); // counted once per round
+            }
+            groups.end_round();
+            groups.active
+        };
+        assert_eq!(round(&[a]), 1, "a lone thread");
+        assert_eq!(round(&[a]), 1, "the same thread again");
+        // Two cohorts that alternate: each round covers one, the two rounds both.
+        assert_eq!(round(&[b]), 2);
+        assert_eq!(round(&[a]), 2);
+        assert_eq!(round(&[b, c]), 3);
+        assert_eq!(round(&[a, b, c]), 3);
+        // The others stop: the count falls back within two rounds.
+        assert_eq!(round(&[a]), 3);
+        assert_eq!(round(&[a]), 1);
+        assert_eq!(round(&[]), 1);
+        assert_eq!(round(&[]), 0);
+    }
 }

@@ -512,48 +512,37 @@ pub fn walk(
         path: path.map(Path::to_path_buf),
         message,
     };
-    for path in &listing.foreign {
-        walk.issues.push(issue(
+    // Files that are not segments of the log, by kind.
+    let others: [(&[PathBuf], Severity, &str); 4] = [
+        (
+            &listing.foreign,
             Severity::Problem,
-            None,
-            None,
-            Some(path),
             "not a walq file; walq refuses to open a directory holding other files (move it \
-             elsewhere)"
-                .into(),
-        ));
-    }
-    for path in &listing.temp_files {
-        walk.issues.push(issue(
+             elsewhere)",
+        ),
+        (
+            &listing.temp_files,
             Severity::Warning,
-            None,
-            None,
-            Some(path),
-            "left over by an interrupted segment creation or close; the next open deletes it"
-                .into(),
-        ));
-    }
-    for path in &listing.pending {
-        walk.issues.push(issue(
+            "left over by an interrupted segment creation or close; the next open deletes it",
+        ),
+        (
+            &listing.pending,
             Severity::Warning,
-            None,
-            None,
-            Some(path),
             "the successor of a roll-over that a crash interrupted, not scanned here: the next \
              open adopts it if the segment before it ends with a valid seal, and deletes it \
-             otherwise"
-                .into(),
-        ));
-    }
-    for path in &listing.quarantined {
-        walk.issues.push(issue(
+             otherwise",
+        ),
+        (
+            &listing.quarantined,
             Severity::Note,
-            None,
-            None,
-            Some(path),
-            "set aside by a salvage; not part of the log (keep it for inspection or delete it)"
-                .into(),
-        ));
+            "set aside by a salvage; not part of the log (keep it for inspection or delete it)",
+        ),
+    ];
+    for (paths, severity, message) in others {
+        for path in paths {
+            walk.issues
+                .push(issue(severity, None, None, Some(path), message.into()));
+        }
     }
     // Segments below a valid checkpoint's replay position may have been reclaimed by
     // compaction: a gap in the seal chain there is expected.
