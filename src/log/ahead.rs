@@ -2,10 +2,13 @@
 //!
 //! Checksumming every byte of the log is most of what recovery costs, and one core reads
 //! memory only so fast. So, for a large segment, a helper thread walks the same chain of
-//! frames as the scan and verifies the checksums of every other window of `window` bytes
-//! (the odd-numbered ones; a frame belongs to the window its first byte is in); in the other
-//! windows it only follows the lengths. The scan verifies the even windows itself and, in
-//! an odd window, skips the checksum of the frames the helper verified. Nothing else
+//! frames as the scan, window by window (`window` bytes; a frame belongs to the window its
+//! first byte is in), and verifies the checksums of every window the scan has not reached
+//! yet; in windows the scan has reached it only follows the lengths. The scan, on entering
+//! a window, takes the helper's verdict for it if there is one already, and otherwise
+//! verifies that window itself: it never waits. The helper does nothing but checksums,
+//! the scan also replays, so the helper runs ahead and the scan mostly skips checksums; on
+//! a machine where the helper gets no core, the scan does what it did alone. Nothing else
 //! changes: the scan still makes every other check on every frame, in log order, and stops
 //! at the first invalid frame; a frame's checksum is skipped only if the helper verified
 //! that very frame.
@@ -13,79 +16,59 @@
 //! Why a verified range is enough: both walks start at the segment's first frame, and the
 //! offset of the next frame is a function of the bytes of the frame at hand, the same in
 //! both. So while the scan keeps finding valid frames, its frames are the helper's. The
-//! helper reports, per odd window, the first frame it found there and where its run of
-//! verified frames ended; the scan trusts a window only if its own first frame there is
-//! that same first frame (the chains meet), and then only the frames before the end.
+//! helper reports, per window, the first frame it found there and where its run of verified
+//! frames ended; the scan trusts a window only if its own first frame there is that same
+//! first frame (the chains meet), and then only the frames before the end.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::format::{decode_frame_with, FrameError, RecordView, SEGMENT_HEADER_LEN};
 
-/// Windows of this many bytes alternate between the scan and the helper.
+/// The scan and the helper divide the segment into windows of this many bytes.
 pub(super) const WINDOW: u64 = 1 << 20;
 
 /// Segments shorter than this are scanned by one thread: starting the helper costs more
 /// than it saves.
 pub(super) const MIN_SEGMENT: u64 = 4 * WINDOW;
 
-/// What the helper found in one odd window: the offset of the first frame that starts in it,
+/// What the helper found in one window: the offset of the first frame that starts in it,
 /// and the end of the run of frames from there whose checksums verified.
 type Verdict = (u64, u64);
-
-#[derive(Default)]
-struct Progress {
-    /// By window number (odd ones only are ever set).
-    verdicts: Vec<Option<Verdict>>,
-    /// The helper has stopped: windows without a verdict will never get one.
-    finished: bool,
-}
 
 /// What the scan and the helper share.
 #[derive(Default)]
 pub(super) struct Shared {
-    progress: Mutex<Progress>,
-    changed: Condvar,
+    /// By window number: the helper's verdicts.
+    verdicts: Mutex<Vec<Option<Verdict>>>,
+    /// The window the scan is in: the helper verifies only windows after it.
+    scan_window: AtomicU64,
     /// Set by the scan when it is done: the helper stops.
     cancel: AtomicBool,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Progress> {
-        self.progress.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, Vec<Option<Verdict>>> {
+        self.verdicts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn publish(&self, window: u64, verdict: Verdict) {
         let Ok(index) = usize::try_from(window) else {
             return;
         };
-        let mut progress = self.lock();
-        if progress.verdicts.len() <= index {
-            progress.verdicts.resize(index + 1, None);
+        let mut verdicts = self.lock();
+        if verdicts.len() <= index {
+            verdicts.resize(index + 1, None);
         }
-        if let Some(slot) = progress.verdicts.get_mut(index) {
+        if let Some(slot) = verdicts.get_mut(index) {
             *slot = Some(verdict);
         }
-        drop(progress);
-        self.changed.notify_all();
     }
 
-    /// Waits for the verdict of `window`; `None` if the helper stopped before it.
-    fn wait(&self, window: u64) -> Option<Verdict> {
+    /// The verdict of `window`, if the helper has given one.
+    fn verdict(&self, window: u64) -> Option<Verdict> {
         let index = usize::try_from(window).ok()?;
-        let mut progress = self.lock();
-        loop {
-            if let Some(&Some(verdict)) = progress.verdicts.get(index) {
-                return Some(verdict);
-            }
-            if progress.finished {
-                return None;
-            }
-            progress = self
-                .changed
-                .wait(progress)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
+        self.lock().get(index).copied().flatten()
     }
 
     /// Tells the helper to stop.
@@ -94,36 +77,33 @@ impl Shared {
     }
 }
 
-/// Marks the helper finished when it returns (or unwinds), so that the scan never waits
-/// for a verdict that will not come.
-struct Finished<'a>(&'a Shared);
-
-impl Drop for Finished<'_> {
-    fn drop(&mut self) {
-        self.0.lock().finished = true;
-        self.0.changed.notify_all();
-    }
-}
-
 /// The helper thread's work: walks the frames of `view` from the first one, verifying the
-/// checksums of those in odd windows, until a frame is invalid, the view ends, or the scan
-/// cancels.
+/// checksums of those in windows the scan has not reached, until a frame is invalid, the
+/// view ends, or the scan cancels.
 pub(super) fn verify(view: &[u8], salt: u64, segment_id: u64, window: u64, shared: &Shared) {
-    let _finished = Finished(shared);
     let window = window.max(1);
     let mut offset = SEGMENT_HEADER_LEN as u64;
-    // The odd window being verified and its first frame.
+    // The window being verified and its first frame.
     let mut current: Option<(u64, u64)> = None;
+    // The window being walked, and whether its checksums are verified.
+    let mut walking: Option<(u64, bool)> = None;
     while !shared.cancel.load(Ordering::Relaxed) {
         let k = offset / window;
         if let Some((w, first)) = current.filter(|&(w, _)| w != k) {
             shared.publish(w, (first, offset));
             current = None;
         }
-        let mine = k % 2 == 1;
-        if mine && current.is_none() {
-            current = Some((k, offset));
-        }
+        let mine = match walking {
+            Some((w, mine)) if w == k => mine,
+            _ => {
+                let mine = k > shared.scan_window.load(Ordering::Relaxed);
+                walking = Some((k, mine));
+                if mine {
+                    current = Some((k, offset));
+                }
+                mine
+            }
+        };
         let rest = usize::try_from(offset)
             .ok()
             .and_then(|o| view.get(o..))
@@ -149,8 +129,8 @@ pub(super) struct Checker<'s> {
 struct Ahead<'s> {
     shared: &'s Shared,
     window: u64,
-    /// The odd window the scan is in, and the end of the frames it may trust there (`None`
-    /// if it may trust none).
+    /// The window the scan is in, and the end of the frames it may trust there (`None` if it
+    /// may trust none).
     current: Option<(u64, Option<u64>)>,
 }
 
@@ -201,17 +181,16 @@ impl Ahead<'_> {
     /// frame.
     fn verified(&mut self, offset: u64) -> bool {
         let k = offset / self.window;
-        if k % 2 == 0 {
-            return false;
-        }
         let trusted_end = match self.current {
             Some((w, end)) if w == k => end,
             _ => {
-                // The scan's first frame in this window: trust the helper's run only if it
-                // starts at this very frame.
+                // The scan's first frame in this window: from here on the helper leaves the
+                // window alone. Trust its run only if it has one here already and it starts
+                // at this very frame.
+                self.shared.scan_window.store(k, Ordering::Relaxed);
                 let end = self
                     .shared
-                    .wait(k)
+                    .verdict(k)
                     .and_then(|(first, end)| (first == offset).then_some(end));
                 self.current = Some((k, end));
                 end

@@ -524,8 +524,8 @@ struct ScanInput<'a> {
     mode: RecoveryMode,
 }
 
-/// [`scan`], with the checksums of every other `window` bytes verified ahead on a second
-/// thread if `window` is given (see [`ahead`]; one thread if it cannot be started).
+/// [`scan`], with checksums verified ahead on a second thread, `window` bytes at a time, if
+/// `window` is given (see [`ahead`]; one thread if it cannot be started).
 fn scan_segment(
     input: &ScanInput<'_>,
     window: Option<u64>,
