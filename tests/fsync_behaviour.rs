@@ -804,36 +804,45 @@ fn roll_over_events(policy: FsyncPolicy) -> (Vec<Op>, Vec<(usize, usize, PathBuf
         })
         .collect();
     assert_eq!(creates.len(), 4, "one creation per segment: {creates:?}");
-    for (k, (c, file, tmp)) in creates.iter().enumerate() {
-        let file = *file;
-        let name = tmp.file_name().and_then(|n| n.to_str()).expect("name");
-        assert_eq!(
-            name,
-            format!("{k:020}.wal.tmp"),
-            "segments are created under a temporary name"
-        );
-        // The header is written and synced before the file leaves its temporary name.
-        let header = position(&events, *c, |e| {
-            matches!(e, Op::WriteAt { file: f, offset: 0, len } if *f == file && *len == SEGMENT_HEADER_LEN)
-        })
-        .expect("header written");
-        let synced = position(&events, header, |e| *e == Op::SyncData { file, ok: true })
-            .expect("header synced");
-        let renamed = position(&events, *c, |e| matches!(e, Op::Rename { .. })).expect("rename");
-        assert!(
-            synced < renamed,
-            "segment {k}: renamed before its header was synced"
-        );
-        for e in &events[*c + 1..renamed] {
-            if let Op::WriteAt {
-                file: f, offset, ..
-            } = e
-            {
-                assert!(*f != file || *offset == 0, "segment {k}: early write {e:?}");
-            }
+    (events, creates)
+}
+
+/// Checks that the segment created at event `c` (file `file`, path `tmp`) was created as
+/// `{k:020}.wal.tmp`, had its header written and synced, and nothing else written, before
+/// its first rename; returns where that rename is.
+fn created_under_a_temporary_name(
+    events: &[Op],
+    k: usize,
+    c: usize,
+    file: usize,
+    tmp: &Path,
+) -> usize {
+    let name = tmp.file_name().and_then(|n| n.to_str()).expect("name");
+    assert_eq!(
+        name,
+        format!("{k:020}.wal.tmp"),
+        "segments are created under a temporary name"
+    );
+    let header = position(events, c, |e| {
+        matches!(e, Op::WriteAt { file: f, offset: 0, len } if *f == file && *len == SEGMENT_HEADER_LEN)
+    })
+    .expect("header written");
+    let synced =
+        position(events, header, |e| *e == Op::SyncData { file, ok: true }).expect("header synced");
+    let renamed = position(events, c, |e| matches!(e, Op::Rename { .. })).expect("rename");
+    assert!(
+        synced < renamed,
+        "segment {k}: renamed before its header was synced"
+    );
+    for e in &events[c + 1..renamed] {
+        if let Op::WriteAt {
+            file: f, offset, ..
+        } = e
+        {
+            assert!(*f != file || *offset == 0, "segment {k}: early write {e:?}");
         }
     }
-    (events, creates)
+    renamed
 }
 
 /// Where the previous segment's last write (its seal) is, before event `before`, and the
@@ -857,7 +866,7 @@ fn under_always_new_segments_are_synced_into_the_directory_before_records_are_wr
     let (events, creates) = roll_over_events(FsyncPolicy::Always);
     for (k, (c, file, tmp)) in creates.iter().enumerate() {
         let file = *file;
-        let renamed = position(&events, *c, |e| matches!(e, Op::Rename { .. })).expect("rename");
+        let renamed = created_under_a_temporary_name(&events, k, *c, file, tmp);
         assert_eq!(
             events[renamed],
             Op::Rename {
@@ -892,54 +901,50 @@ fn under_always_new_segments_are_synced_into_the_directory_before_records_are_wr
 #[test]
 fn under_never_a_successor_is_published_only_after_the_sealed_segment_is_synced() {
     let (events, creates) = roll_over_events(FsyncPolicy::Never);
-    for (k, (c, file, tmp)) in creates.iter().enumerate().skip(1) {
+    let (c0, file0, tmp0) = &creates[0];
+    created_under_a_temporary_name(&events, 0, *c0, *file0, tmp0);
+    for (k, (c, file, path)) in creates.iter().enumerate().skip(1) {
         let file = *file;
         let target = seg_path(&dir(), k as u64);
         let pending = PathBuf::from(format!("{}.next", target.display()));
-        // Created as a pending successor, with no wait for the previous segment...
-        let renamed = position(&events, *c, |e| matches!(e, Op::Rename { .. })).expect("rename");
+        // Created under its pending name, with no sync on the append path...
         assert_eq!(
-            events[renamed],
-            Op::Rename {
-                from: tmp.clone(),
-                to: pending.clone()
-            },
-            "segment {k}: created under its pending name"
+            *path, pending,
+            "segment {k}: created as a pending successor"
         );
         let first_record = position(&events, *c, |e| {
             matches!(e, Op::WriteAt { file: f, offset, .. } if *f == file && *offset >= SEGMENT_HEADER_LEN as u64)
         })
         .expect("records written into the segment");
-        assert!(
-            renamed < first_record,
-            "segment {k}: written before it was created"
-        );
-        // ...published only once the previous one is durable up to its seal, and the
-        // directory synced after that.
-        let published = position(&events, renamed, |e| {
+        // ...published only once the previous one is durable up to its seal and it is
+        // synced itself, and the directory synced after that.
+        let published = position(&events, *c, |e| {
             *e == Op::Rename {
                 from: pending.clone(),
                 to: target.clone(),
             }
         })
         .unwrap_or_else(|| panic!("segment {k} was never published"));
+        assert!(
+            !events[*c..first_record].iter().any(|e| matches!(
+                e,
+                Op::SyncData { .. } | Op::Rename { .. } | Op::SyncDir { .. }
+            )),
+            "segment {k}: a sync or rename before its first record"
+        );
         let (seal, synced) = seal_and_sync(&events, creates[k - 1].1, *c);
         let synced = synced.expect("previous segment synced after its seal");
+        let self_synced = position(&events, synced, |e| *e == Op::SyncData { file, ok: true })
+            .expect("the successor synced before it is published");
         assert!(
-            seal < synced && synced < published,
+            seal < synced && synced < self_synced && self_synced < published,
             "segment {k}: published at event {published}, the sealed segment's sync is at \
-             {synced}"
+             {synced}, its own at {self_synced}"
         );
         let dir_sync = position(&events, published, |e| matches!(e, Op::SyncDir { .. }))
             .expect("directory synced after publishing");
         assert_eq!(events[dir_sync], Op::SyncDir { dir: dir() });
     }
-    assert!(
-        !events.iter().any(
-            |e| matches!(e, Op::Create { path, .. } if path.extension().is_some_and(|x| x == "wal" || x == "next"))
-        ),
-        "a segment was created directly under its final or pending name"
-    );
 }
 
 /// Opens a store on `mem` under `FsyncPolicy::Never` and publishes ten messages; the caller

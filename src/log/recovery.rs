@@ -174,8 +174,17 @@ pub(super) fn recover(
         let is_last = i + 1 == ids.len() || before_pending;
         let path = dir.join(crate::format::segment_file_name(id.0));
         if pending == Some(id) {
-            // Reached only behind a valid seal that names it: adopt it.
-            vfs.rename(&pending_path(&path), &path)
+            // Reached only behind a valid seal that names it. Its header was not synced before
+            // publication: without one, the roll-over never happened, and the segment the
+            // seal names is created afresh below. Otherwise adopt it.
+            let pending_path = pending_path(&path);
+            if !has_header(vfs, &pending_path, id)? {
+                vfs.remove(&pending_path)
+                    .map_err(|e| Error::io("remove pending segment", &pending_path, e))?;
+                report.removed_temp_files.push(pending_path);
+                break;
+            }
+            vfs.rename(&pending_path, &path)
                 .map_err(|e| Error::io("rename pending segment", &path, e))?;
             report.adopted_successor = Some(id);
             unadopted = None;
@@ -463,6 +472,23 @@ fn list_segments(
     }
     ids.sort_unstable();
     Ok((ids, pending))
+}
+
+/// Whether the file at `path` starts with a valid header of segment `id`.
+fn has_header(vfs: &dyn Vfs, path: &Path, id: SegmentId) -> Result<bool> {
+    let file = vfs
+        .open(path, false)
+        .map_err(|e| Error::io("open pending segment", path, e))?;
+    let mut bytes = [0u8; SEGMENT_HEADER_LEN];
+    let len = file
+        .len()
+        .map_err(|e| Error::io("stat pending segment", path, e))?;
+    if len < SEGMENT_HEADER_LEN as u64 {
+        return Ok(false);
+    }
+    crate::io::read_exact_at(file.as_ref(), &mut bytes, 0)
+        .map_err(|e| Error::io("read pending segment", path, e))?;
+    Ok(SegmentHeader::decode(&bytes).is_ok_and(|h| h.segment_id == id.0))
 }
 
 /// Reads the clean-close marker, if the last close left one.

@@ -17,7 +17,7 @@ pub(crate) const TEMP_SUFFIX: &str = ".tmp";
 
 /// Suffix of a *pending successor*: a segment created by a roll-over whose predecessor is
 /// not yet known durable (`docs/format.md`, "Segment lifecycle"). It is renamed to its
-/// segment name once the predecessor is synced.
+/// segment name once the predecessor and it are synced.
 pub(crate) const PENDING_SUFFIX: &str = ".next";
 
 /// An open segment.
@@ -51,17 +51,25 @@ impl Segment {
         size: u64,
         preallocate: bool,
     ) -> Result<Segment> {
-        let segment = Segment::create_as(vfs, dir, id, size, preallocate, "")?;
+        let tmp = dir.join(format!("{}{TEMP_SUFFIX}", segment_file_name(id.0)));
+        let segment = Segment::start(vfs, dir, id, &tmp, size, preallocate)?;
+        segment
+            .file
+            .sync_data()
+            .map_err(|e| Error::io("fdatasync new segment", &tmp, e))?;
+        vfs.rename(&tmp, &segment.path)
+            .map_err(|e| Error::io("rename new segment", &tmp, e))?;
         vfs.sync_dir(dir)
             .map_err(|e| Error::io("fsync directory", dir, e))?;
         Ok(segment)
     }
 
-    /// Creates segment `id` as a pending successor: like [`Segment::create`], but renamed to
-    /// its name plus [`PENDING_SUFFIX`], and without the directory sync. Records may be
-    /// written to it at once; none of them counts as durable before [`Segment::publish`].
-    /// A file under that name always has a complete, durable header (it was synced before
-    /// the rename), so recovery can adopt it.
+    /// Creates segment `id` as a pending successor, under its name plus [`PENDING_SUFFIX`]:
+    /// the header is written and the file preallocated, and nothing is synced, so that a
+    /// roll-over costs no `fdatasync` on the append path. Records may be written to it at
+    /// once; none of them counts as durable before [`Segment::publish`]. After a power loss
+    /// the file may lack its header, which recovery treats as a roll-over that never
+    /// happened.
     pub(crate) fn create_pending(
         vfs: &dyn Vfs,
         dir: &Path,
@@ -69,54 +77,52 @@ impl Segment {
         size: u64,
         preallocate: bool,
     ) -> Result<Segment> {
-        Segment::create_as(vfs, dir, id, size, preallocate, PENDING_SUFFIX)
+        let pending = pending_path(&dir.join(segment_file_name(id.0)));
+        Segment::start(vfs, dir, id, &pending, size, preallocate)
     }
 
-    /// Publishes a pending successor once its predecessor is durable: renames it to its
-    /// segment name and syncs the directory.
+    /// Publishes a pending successor once its predecessor is durable: syncs it (its header,
+    /// preallocation and the records written so far), renames it to its segment name and
+    /// syncs the directory. So a file under a segment name always has a durable header.
     pub(crate) fn publish(&self, vfs: &dyn Vfs, dir: &Path) -> Result<()> {
         let pending = pending_path(&self.path);
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io("fdatasync pending segment", &pending, e))?;
         vfs.rename(&pending, &self.path)
             .map_err(|e| Error::io("rename pending segment", &pending, e))?;
         vfs.sync_dir(dir)
             .map_err(|e| Error::io("fsync directory", dir, e))
     }
 
-    /// Writes and syncs the header of segment `id` under a temporary name, then renames the
-    /// file to the segment's name plus `suffix`. `path` is the segment's name in any case.
-    fn create_as(
+    /// Creates the file of segment `id` at `at` (a temporary or pending name), writes its
+    /// header and preallocates it. Its `path` is the segment's name.
+    fn start(
         vfs: &dyn Vfs,
         dir: &Path,
         id: SegmentId,
+        at: &Path,
         size: u64,
         preallocate: bool,
-        suffix: &str,
     ) -> Result<Segment> {
-        let path = dir.join(segment_file_name(id.0));
-        let tmp = dir.join(format!("{}{TEMP_SUFFIX}", segment_file_name(id.0)));
-        let target = dir.join(format!("{}{suffix}", segment_file_name(id.0)));
         let header = SegmentHeader {
             segment_id: id.0,
             salt: new_salt(id.0),
             created_unix_ms: crate::clock::now_ms(),
         };
         let file = vfs
-            .create(&tmp)
-            .map_err(|e| Error::io("create segment", &tmp, e))?;
+            .create(at)
+            .map_err(|e| Error::io("create segment", at, e))?;
         write_all_at(file.as_ref(), &header.encode(), 0)
-            .map_err(|e| Error::io("write segment header", &tmp, e))?;
+            .map_err(|e| Error::io("write segment header", at, e))?;
         if preallocate {
             file.preallocate(size)
-                .map_err(|e| Error::io("preallocate segment", &tmp, e))?;
+                .map_err(|e| Error::io("preallocate segment", at, e))?;
         }
-        file.sync_data()
-            .map_err(|e| Error::io("fdatasync new segment", &tmp, e))?;
-        vfs.rename(&tmp, &target)
-            .map_err(|e| Error::io("rename new segment", &tmp, e))?;
         Ok(Segment {
             id,
             salt: header.salt,
-            path,
+            path: dir.join(segment_file_name(id.0)),
             file,
             data_end: AtomicU64::new(SEGMENT_HEADER_LEN as u64),
         })

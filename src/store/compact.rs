@@ -236,13 +236,38 @@ impl Store {
     }
 
     /// (messages, framed bytes) of unsettled messages per segment.
+    ///
+    /// Runs under the state lock, which every publish and settle needs too, so it must be
+    /// quick: messages are tracked in id order, and ids grow with the log, so consecutive
+    /// messages nearly always share a segment. They are summed per run and the map is
+    /// touched once per run, not once per message (a hash per message made this walk take
+    /// tens of milliseconds with millions of messages queued).
     fn live_per_segment(&self) -> HashMap<SegmentId, (u64, u64)> {
         let state = lock(&self.inner.state);
         let mut live: HashMap<SegmentId, (u64, u64)> = HashMap::new();
+        let mut run: Option<(u64, u64, u64)> = None;
+        let mut flush = |(segment, messages, bytes): (u64, u64, u64)| {
+            let entry = live.entry(SegmentId(segment)).or_default();
+            entry.0 += messages;
+            entry.1 += bytes;
+        };
         for (_, slot) in state.table.live() {
-            let entry = live.entry(SegmentId(slot.segment)).or_default();
-            entry.0 += 1;
-            entry.1 += frame_len(PUBLISH_HEADER_LEN + slot.len as usize) as u64;
+            let bytes = frame_len(PUBLISH_HEADER_LEN + slot.len as usize) as u64;
+            match &mut run {
+                Some((segment, messages, sum)) if *segment == slot.segment => {
+                    *messages += 1;
+                    *sum += bytes;
+                }
+                _ => {
+                    if let Some(done) = run.replace((slot.segment, 1, bytes)) {
+                        flush(done);
+                    }
+                }
+            }
+        }
+        drop(state);
+        if let Some(done) = run {
+            flush(done);
         }
         live
     }
