@@ -57,8 +57,7 @@ fn run(shared: &Shared) {
                 last_sync = now;
                 if !w.is_dirty() {
                     // Synced meanwhile (by a roll-over's publication, say): nothing is due.
-                    w.unsynced_records = 0;
-                    w.first_unsynced_at = None;
+                    w.forget_unsynced();
                     continue;
                 }
                 let target = w.end();

@@ -124,6 +124,13 @@ impl WriterState {
         self.durable < self.end()
     }
 
+    /// Forgets the records counted for the flusher (`FsyncPolicy::Batch`): a sync that
+    /// covers them has started or finished.
+    pub(super) fn forget_unsynced(&mut self) {
+        self.unsynced_records = 0;
+        self.first_unsynced_at = None;
+    }
+
     /// Whether a roll-over's successor waits to be published.
     pub(super) fn roll_pending(&self) -> bool {
         self.sealing.is_some() && !self.publishing
@@ -370,8 +377,7 @@ impl Shared {
         old.set_data_end(w.write_offset);
         if waits {
             w.durable = w.end();
-            w.unsynced_records = 0;
-            w.first_unsynced_at = None;
+            w.forget_unsynced();
             self.wake_synced(w);
         }
 
@@ -451,8 +457,7 @@ impl Shared {
                         w.durable = published;
                     }
                     if !w.is_dirty() {
-                        w.unsynced_records = 0;
-                        w.first_unsynced_at = None;
+                        w.forget_unsynced();
                     }
                     self.wake_synced(&mut w);
                 }
@@ -542,8 +547,7 @@ impl Shared {
             let segment = Arc::clone(&w.active);
             let to = w.end();
             let own_pending = w.durable < target;
-            w.unsynced_records = 0;
-            w.first_unsynced_at = None;
+            w.forget_unsynced();
             drop(w);
             let started = Instant::now();
             let result = segment.file.sync_data();
@@ -693,8 +697,7 @@ impl Shared {
         w.active = Arc::clone(target);
         w.write_offset = pos.offset;
         w.durable = pos;
-        w.unsynced_records = 0;
-        w.first_unsynced_at = None;
+        w.forget_unsynced();
         Ok(())
     }
 
